@@ -1,0 +1,30 @@
+"""armm: one causal Transformer core for any sequence of discrete tokens; domains arrive as plugins."""
+
+from armm.checkpoint import load_model, load_tokenizer, save_model
+from armm.config import PRESETS, ModelConfig
+from armm.generation import generate
+from armm.hookspecs import hookimpl
+from armm.model import Transformer
+from armm.plugins import get_plugins
+from armm.sampling import Sampler, build_sampler
+from armm.scoring import Score, score
+from armm.tokenizer import ByteTokenizer, Tokenizer
+
+__all__ = [
+    "PRESETS",
+    "ByteTokenizer",
+    "ModelConfig",
+    "Sampler",
+    "Score",
+    "Tokenizer",
+    "Transformer",
+    "build_sampler",
+    "generate",
+    "get_plugins",
+    "hookimpl",
+    "load_model",
+    "load_tokenizer",
+    "save_model",
+    "score",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,185 @@
+"""The ``armm`` command line. Every subcommand is a plain function; jsonargparse turns its signature and
+docstring into ``--help``. Options may be written ``--max-new-tokens`` or ``--max_new_tokens``."""
+
+from __future__ import annotations
+
+import sys
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from jsonargparse import CLI
+from rich.console import Console
+from rich.table import Table
+
+from armm.checkpoint import load_model, save_model
+from armm.config import ModelConfig
+from armm.generation import generate
+from armm.model import Transformer
+from armm.plugins import get_plugins
+from armm.registry import PluginError
+from armm.scoring import score as score_ids
+from armm.tokenizer import Tokenizer
+
+console = Console()
+
+
+def plugins() -> None:
+    """List every registered tokenizer and sampler with the distribution that provides it."""
+    registries = get_plugins()
+    table = Table(title="armm plugins")
+    for column in ("kind", "name", "provided by"):
+        table.add_column(column)
+    for registry in (registries.tokenizers, registries.samplers):
+        for entry in registry:
+            table.add_row(registry.kind, entry.name, entry.provider)
+    console.print(table)
+
+
+def init(model_dir: Path, preset: str = "gpt2-mini", tokenizer: str = "bytes", seed: int = 0) -> None:
+    """Create a model directory with randomly initialised weights (a starting point, or a quick demo).
+
+    Args:
+        model_dir: Where to write config.json, model.safetensors and the tokenizer.
+        preset: A ModelConfig preset (gpt2-tiny, gpt2-mini, gpt2-10m, llama-tiny, …).
+        tokenizer: A registered tokenizer name (see `armm plugins`); vocab_size follows it.
+        seed: Seed of the random initialisation.
+    """
+    tok = get_plugins().tokenizers.get(tokenizer)()
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig.from_name(preset, vocab_size=tok.vocab_size))
+    save_model(model_dir, model, tok)
+    console.print(f"wrote {model_dir} ({model.num_params() / 1e6:.2f}M parameters, preset {preset}, tokenizer {tokenizer})")
+
+
+def sample(
+    model_dir: Path,
+    prompt: str = "",
+    sampler: str = "greedy",
+    max_new_tokens: int = 100,
+    seed: int | None = None,
+    num_samples: int = 1,
+    stream: bool = False,
+) -> None:
+    """Generate continuations of a prompt from a saved model.
+
+    Args:
+        model_dir: A model directory (config.json, model.safetensors, tokenizer/).
+        prompt: Text to continue; the tokenizer's bos token is put in front.
+        sampler: A sampler spec such as "greedy", "top_k=40" or "temperature=0.7,top_p=0.9".
+        max_new_tokens: How many tokens to generate at most (generation also stops at eos).
+        seed: Random seed; sample i uses seed + i, so results are reproducible.
+        num_samples: How many continuations to draw.
+        stream: Print tokens as they are generated.
+    """
+    model, tok = _load(model_dir)
+    ids = _encode(tok, prompt)
+    stops = [tok.eos_id] if tok.eos_id is not None else []
+    seeds = None if seed is None else [seed + i for i in range(num_samples)]
+    if stream:
+        for i in range(num_samples):
+            steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
+                             seed=None if seeds is None else seeds[i], stream=True)
+            console.print(prompt, end="", markup=False, highlight=False)
+            for piece in _decode_stream(tok, (step[0] for step in steps)):
+                console.print(piece, end="", markup=False, highlight=False)
+            console.print()
+        return
+    outputs = generate(model, [ids] * num_samples, max_new_tokens=max_new_tokens, sampler=sampler,
+                       stop_tokens=stops, seed=seeds)
+    for i, new in enumerate(outputs):
+        if num_samples > 1:
+            console.rule(f"sample {i}")
+        console.print(prompt + tok.decode(new), markup=False, highlight=False)
+
+
+def score(model_dir: Path, text: str | None = None, file: Path | None = None) -> None:
+    """Score a text under a saved model: log-likelihood, perplexity and bits per token.
+
+    Args:
+        model_dir: A model directory.
+        text: The text to score.
+        file: Or a file whose contents to score.
+    """
+    if (text is None) == (file is None):
+        raise ValueError("give exactly one of --text or --file")
+    model, tok = _load(model_dir)
+    sample_text = text if text is not None else _read_text(file)
+    result = score_ids(model, _encode(tok, sample_text))
+    table = Table(title=f"score under {model_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("tokens scored", str(result.num_tokens))
+    table.add_row("log-likelihood (nats)", f"{result.log_likelihood:.4f}")
+    table.add_row("perplexity", f"{result.perplexity:.4f}")
+    table.add_row("bits per token", f"{result.bits_per_token:.4f}")
+    console.print(table)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+def _load(model_dir: Path) -> tuple[Transformer, Tokenizer]:
+    model, tok = load_model(model_dir)
+    if tok is None:
+        raise ValueError(f"{model_dir} has no tokenizer/ folder; save the model with a tokenizer to use the CLI")
+    return model, tok
+
+
+def _encode(tok: Tokenizer, text: str) -> list[int]:
+    return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+
+
+def _decode_stream(tok: Tokenizer, tokens: Iterator[int | None]) -> Iterator[str]:
+    """Text pieces as tokens arrive, holding back an incomplete multi-byte character."""
+    ids: list[int] = []
+    text = shown = ""
+    for token in tokens:
+        if token is None:
+            break
+        ids.append(token)
+        text = tok.decode(ids)
+        if not text.endswith("\ufffd"):
+            yield text[len(shown):]
+            shown = text
+    if text != shown:
+        yield text[len(shown):]
+
+
+def _normalise_args(argv: list[str]) -> list[str]:
+    """Accept ``--max-new-tokens`` for ``--max_new_tokens``, and a bare boolean flag (``--stream``) for ``--stream=true``."""
+    command = next((c for c in COMMANDS if argv and c.__name__ == argv[0]), None)
+    flags = {n for n, t in typing.get_type_hints(command).items() if t is bool} if command else set()
+    out = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and len(arg) > 2:
+            name, sep, value = arg[2:].partition("=")
+            name = name.replace("-", "_")
+            following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+            if name in flags and not sep and following not in ("true", "false"):
+                sep, value = "=", "true"
+            arg = "--" + name + sep + value
+        out.append(arg)
+    return out
+
+
+COMMANDS = [plugins, init, sample, score]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _normalise_args(sys.argv[1:] if argv is None else argv)
+    try:
+        CLI(COMMANDS, args=args, as_positional=True)
+    except (ValueError, FileNotFoundError, PluginError) as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

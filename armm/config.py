@@ -1,0 +1,120 @@
+"""Model configuration: one dataclass for GPT-2-style and Llama-style decoders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Position = Literal["learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+MLPKind = Literal["gelu", "swiglu"]
+
+_CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of a decoder-only Transformer.
+
+    ``n_kv_head`` < ``n_head`` gives grouped-query attention; ``None`` means ``n_head`` (plain
+    multi-head attention). ``d_ff`` defaults to ``4 * d_model`` for GELU and to the Llama rule
+    (``2/3 * 4 * d_model`` rounded up to a multiple of 64) for SwiGLU. GELU uses the tanh
+    approximation, as GPT-2 does.
+    """
+
+    vocab_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None
+    d_model: int = 128
+    d_ff: int | None = None
+    max_seq_len: int = 256
+    position: Position = "learned"
+    rope_theta: float = 10000.0
+    norm: Norm = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: MLPKind = "gelu"
+    bias: bool = True
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else _round_up(int(8 * self.d_model / 3), 64)
+        for field, allowed in _CHOICES.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r} is not one of {allowed}")
+        for field in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"ModelConfig.{field} must be >= 1, got {getattr(self, field)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    # --- presets and serialisation -------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset (see ``PRESETS``), with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); it should hold a ModelConfig") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} should hold a JSON object of ModelConfig fields")
+        return cls.from_dict(data)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+_GPT2 = dict(position="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True)
+_LLAMA = dict(position="rope", norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", bias=False, tie_embeddings=False)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # tiny: unit tests; mini: ~1M; small: ~10M (CPU recipes and benchmarks); 124m: GPT-2 small.
+    "gpt2-tiny": dict(_GPT2, vocab_size=256, n_layer=2, n_head=4, d_model=64, max_seq_len=128),
+    "gpt2-mini": dict(_GPT2, vocab_size=512, n_layer=4, n_head=4, d_model=128, max_seq_len=256),
+    "gpt2-10m": dict(_GPT2, vocab_size=4096, n_layer=6, n_head=6, d_model=384, max_seq_len=512),
+    "gpt2-124m": dict(_GPT2, vocab_size=50304, n_layer=12, n_head=12, d_model=768, max_seq_len=1024),
+    "llama-tiny": dict(_LLAMA, vocab_size=256, n_layer=2, n_head=4, n_kv_head=2, d_model=64, max_seq_len=128),
+    "llama-mini": dict(_LLAMA, vocab_size=512, n_layer=4, n_head=4, n_kv_head=2, d_model=128, max_seq_len=256),
+    "llama-10m": dict(_LLAMA, vocab_size=4096, n_layer=6, n_head=6, n_kv_head=2, d_model=384, d_ff=1024,
+                      max_seq_len=512),
+    "llama-120m": dict(_LLAMA, vocab_size=32000, n_layer=12, n_head=12, n_kv_head=4, d_model=768, d_ff=2048,
+                       max_seq_len=2048),
+}

@@ -1,0 +1,144 @@
+"""The autoregressive loop: prefill the prompts in one pass, then decode one token a step from the KV-cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from armm.model import Transformer
+from armm.sampling import Sampler, build_sampler
+
+Prompts = Sequence[Sequence[int]]
+StopTokens = Sequence[int] | Sequence[Sequence[int]]
+Seed = int | Sequence[int] | None
+
+
+def generate(
+    model: Transformer,
+    prompts: Prompts,
+    *,
+    max_new_tokens: int,
+    sampler: str | Sampler = "greedy",
+    stop_tokens: StopTokens = (),
+    seed: Seed = None,
+    stream: bool = False,
+) -> list[list[int]] | Iterator[list[int | None]]:
+    """Continue each prompt (a list of token ids; lengths may differ) by up to ``max_new_tokens`` tokens.
+
+    Returns the new tokens of each prompt, ending with its stop token when one was drawn. A row stops
+    at any of ``stop_tokens`` (one list for all rows, or one list per row) while the others go on.
+    ``seed`` (one int for every row, or one per row) gives each row its own random generator, so a
+    prompt's sampled continuation is the same alone or inside a batch. With ``stream=True`` this
+    returns an iterator that yields, per step, each row's new token (``None`` once a row has stopped).
+    """
+    config = model.config
+    device = model.tok_emb.weight.device
+    rows = check_prompts(prompts, config.vocab_size, config.max_seq_len, max_new_tokens)
+    sampler = build_sampler(sampler)
+    stops = _stop_table(stop_tokens, len(rows), config.vocab_size, device)
+    generators = None if sampler.is_greedy else _generators(seed, len(rows), device)
+    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators)
+    if stream:
+        return ([None if done else t for t, done in zip(token.tolist(), done_before.tolist())]
+                for token, done_before in steps)
+    tokens, done_before = zip(*steps)
+    tokens, keep = torch.stack(tokens, 1).tolist(), (~torch.stack(done_before, 1)).tolist()  # (B, steps)
+    return [[t for t, k in zip(row, row_keep) if k] for row, row_keep in zip(tokens, keep)]
+
+
+def check_prompts(prompts: Prompts, vocab_size: int, max_seq_len: int, max_new_tokens: int) -> list[list[int]]:
+    """Validate prompts and budget, with errors that say what is allowed."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists (encode text with a tokenizer first)")
+    if all(isinstance(p, int) for p in prompts):
+        raise ValueError("prompts must be a list of token-id lists; wrap a single prompt as [ids]")
+    checked = []
+    for row, prompt in enumerate(prompts):
+        ids = prompt.tolist() if isinstance(prompt, Tensor) else list(prompt)
+        if not ids:
+            raise ValueError(f"prompt {row} is empty; start it with at least one token (e.g. the tokenizer's bos)")
+        for position, token in enumerate(ids):
+            if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
+                raise ValueError(
+                    f"prompt {row} has token id {token!r} at position {position}, outside the model's "
+                    f"vocabulary (0 .. {vocab_size - 1})"
+                )
+        if len(ids) + max_new_tokens > max_seq_len:
+            raise ValueError(
+                f"prompt {row} has {len(ids)} tokens, which with max_new_tokens={max_new_tokens} needs "
+                f"{len(ids) + max_new_tokens} positions, more than the model's context (max_seq_len={max_seq_len}); "
+                f"shorten the prompt to at most {max_seq_len - max_new_tokens} tokens or lower max_new_tokens"
+            )
+        checked.append(ids)
+    return checked
+
+
+def _stop_table(stop_tokens: StopTokens, batch_size: int, vocab_size: int, device: torch.device) -> Tensor | None:
+    """Stop ids as ``[B, S]`` (``-1`` fill), or None when there are none."""
+    rows = list(stop_tokens)
+    if rows and all(isinstance(s, int) for s in rows):
+        rows = [rows] * batch_size
+    elif rows and len(rows) != batch_size:
+        raise ValueError(f"stop_tokens per row must have one list per prompt ({batch_size}), got {len(rows)}")
+    rows = [list(r) for r in rows]
+    for token in (t for r in rows for t in r):
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
+            raise ValueError(f"stop token {token!r} is outside the vocabulary (0 .. {vocab_size - 1})")
+    width = max((len(r) for r in rows), default=0)
+    if width == 0:
+        return None
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], device=device)
+
+
+def _generators(seed: Seed, batch_size: int, device: torch.device) -> list[torch.Generator] | None:
+    if seed is None:
+        return None
+    seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
+    if len(seeds) != batch_size:
+        raise ValueError(f"seed must be one int or one per prompt ({batch_size}), got {len(seeds)}")
+    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+
+@torch.inference_mode()
+def _decode(
+    model: Transformer,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    sampler: Sampler,
+    stops: Tensor | None,
+    generators: list[torch.Generator] | None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(token [B], finished_before [B])`` per step; stop once every row has drawn a stop token."""
+    device = model.tok_emb.weight.device
+    B, P = len(rows), max(len(r) for r in rows)
+
+    # Left-pad every prompt to P; -1 marks padding in the context the samplers see.
+    context = torch.full((B, P + max_new_tokens), -1, dtype=torch.long, device=device)
+    for row, ids in enumerate(rows):
+        context[row, P - len(ids):P] = torch.tensor(ids, device=device)
+    pad = torch.tensor([P - len(ids) for ids in rows], device=device) if any(len(r) < P for r in rows) else None
+
+    was_training = model.training
+    model.eval()
+    model.setup_cache(B, P + max_new_tokens)
+    try:
+        logits = model(context[:, :P].clamp(min=0), start=0, pad=pad)[:, -1]  # prefill: (B, V)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            slot = P + step
+            token = sampler(logits, context[:, :slot], generators)  # (B,)
+            context[:, slot] = token
+            yield token, finished.clone()
+            if stops is not None:
+                finished |= (token[:, None] == stops).any(-1)
+                if bool(finished.all()):  # the only host sync, and only when there are stop tokens
+                    return
+            if step + 1 < max_new_tokens:
+                logits = model(token[:, None], start=slot, pad=pad)[:, -1]  # decode one token: (B, V)
+    finally:
+        model.clear_cache()
+        model.train(was_training)

@@ -1,0 +1,42 @@
+"""A static, preallocated key/value cache (one per attention layer), in the style of gpt-fast."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class KVCache(nn.Module):
+    """Keys and values of every past position, written in place at explicit slots.
+
+    Buffers are ``[batch, n_kv_head, max_len, head_dim]`` and are allocated once: decoding a
+    token writes one slot per layer and never copies or recomputes the prefix.
+    """
+
+    def __init__(
+        self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, *, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.size(0)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.size(2)
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k, v`` of shape ``[B, n_kv_head, T, head_dim]`` into slots ``start .. start+T-1``.
+
+        Returns views of the filled prefix, ``[B, n_kv_head, start+T, head_dim]``, for attention.
+        """
+        end = start + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV-cache holds {self.max_len} positions; cannot write up to slot {end}")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]

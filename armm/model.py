@@ -1,0 +1,209 @@
+"""A decoder-only Transformer over token ids: GPT-2 style or Llama style, chosen by ``ModelConfig``.
+
+Ragged batches use left padding: row ``b`` starts with ``pad[b]`` padding slots that no query may
+attend to, and its positions count from its first real token, so a row computes the same thing
+alone or inside a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from armm.config import ModelConfig
+from armm.kv_cache import KVCache
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables ``[max_len, head_dim]`` for rotary embeddings (half-rotation layout, as in Llama)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (L, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [B, H, T, hd]`` by the angles of its positions; ``cos, sin`` are ``[B or 1, T, hd]``."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (B, 1, T, hd)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def attention_mask(start: int, length: int, pad: Tensor | None, device: torch.device) -> tuple[Tensor | None, bool]:
+    """The mask for queries at slots ``start .. start+length-1`` over keys at slots ``0 .. start+length-1``.
+
+    Returns ``(mask, is_causal)`` for ``F.scaled_dot_product_attention``: no mask at all when the
+    plain causal rule applies, else a boolean ``[B or 1, 1, length, start+length]`` mask (True = may
+    attend). A padding query attends to itself only, so its softmax stays finite.
+    """
+    if pad is None and start == 0:
+        return None, length > 1
+    if pad is None and length == 1:
+        return None, False  # one new token sees the whole prefix
+    query = torch.arange(start, start + length, device=device)[:, None]  # (T, 1)
+    key = torch.arange(start + length, device=device)[None, :]  # (1, L)
+    visible = key <= query  # (T, L)
+    if pad is not None:
+        real_key = key[None] >= pad[:, None, None]  # (B, 1, L)
+        visible = visible & (real_key | (key == query))  # (B, T, L)
+    else:
+        visible = visible[None]  # (1, T, L)
+    return visible[:, None], False  # (B or 1, 1, T, L)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int
+    ) -> Tensor:
+        q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+        q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = rearrange(q, "b t (h d) -> b h t d", d=self.head_dim)  # (B, nh, T, hd)
+        k = rearrange(k, "b t (h d) -> b h t d", d=self.head_dim)  # (B, nkv, T, hd)
+        v = rearrange(v, "b t (h d) -> b h t d", d=self.head_dim)  # (B, nkv, T, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start, k, v)  # (B, nkv, start+T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, nh, T, hd)
+        y = rearrange(y, "b h t d -> b t (h d)")
+        return F.dropout(self.proj(y), self.dropout, self.training)
+
+
+class MLP(nn.Module):
+    """GELU (tanh approximation, as GPT-2) or SwiGLU (gate and up projections fused into ``fc``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        hidden = config.d_ff * (2 if self.swiglu else 1)
+        self.fc = nn.Linear(config.d_model, hidden, bias=config.bias)
+        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return F.dropout(self.proj(h), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.norm_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int
+    ) -> Tensor:
+        x = x + self.attn(self.norm_1(x), rope, mask, is_causal, start)
+        return x + self.mlp(self.norm_2(x))
+
+
+class Transformer(nn.Module):
+    """Token ids ``[B, T]`` → next-token logits ``[B, T, vocab_size]``.
+
+    Without a cache, ``forward`` is a full causal pass. After ``setup_cache``, ``forward(idx, start=s)``
+    processes tokens at cache slots ``s .. s+T-1`` and attends to everything cached before them.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        if config.position == "rope":
+            cos, sin = rope_tables(config.max_seq_len, config.head_dim, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, param in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
+            if name.endswith("proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; without position and (untied) token embeddings by default, as nanoGPT reports."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.pos_emb.weight.numel() if self.pos_emb is not None else 0
+            total -= 0 if self.config.tie_embeddings else self.tok_emb.weight.numel()
+        return total
+
+    # --- KV-cache ------------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_len: int) -> None:
+        """Allocate a static KV-cache of ``batch_size`` rows and ``max_len`` slots in every layer."""
+        weight = self.tok_emb.weight
+        c = self.config
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(
+                batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device
+            )
+
+    def clear_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+    @property
+    def has_cache(self) -> bool:
+        return self.blocks[0].attn.kv_cache is not None
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward(self, idx: Tensor, *, start: int = 0, pad: Tensor | None = None) -> Tensor:
+        """Logits ``[B, T, V]`` for tokens ``idx [B, T]`` at slots ``start ..``; ``pad [B]`` = left-padding per row."""
+        B, T = idx.shape
+        if start and not self.has_cache:
+            raise ValueError("start > 0 needs a KV-cache holding the earlier slots; call setup_cache first")
+        slots = torch.arange(start, start + T, device=idx.device)  # (T,)
+        positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
+        if pad is None and start + T > self.config.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the model's context (max_seq_len="
+                f"{self.config.max_seq_len}); truncate or split it"
+            )
+        mask, is_causal = attention_mask(start, T, pad, idx.device)
+        x = self.tok_emb(idx)  # (B, T, d)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.pos_emb is None else None
+        x = F.dropout(x, self.config.dropout, self.training)
+        for block in self.blocks:
+            x = block(x, rope, mask, is_causal, start)
+        return self.lm_head(self.norm_f(x))

@@ -1,0 +1,299 @@
+"""Logits transforms, the sampler registry, and the draw.
+
+Every transform is a callable ``(logits [B, V], tokens [B, T]) -> logits`` that sets the entries
+it removes to ``-inf``, so ``softmax`` of its output is the filtered distribution. ``tokens`` is the
+context so far, left-padded with ``-1``. A ``Sampler`` is a chain of transforms, built from a spec
+such as ``"temperature=0.7,top_p=0.9"`` and applied left to right, followed by one draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from armm.hookspecs import hookimpl
+from armm.plugins import get_plugins
+
+NEG_INF = float("-inf")
+
+
+class LogitsTransform(Protocol):
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor: ...
+
+
+def _keep(logits: Tensor, keep: Tensor) -> Tensor:
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def _check_number(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def token_counts(tokens: Tensor, vocab_size: int) -> Tensor:
+    """How often each id occurs in each row of ``tokens [B, T]`` (``-1`` padding ignored) → ``[B, V]``."""
+    counts = torch.zeros(tokens.size(0), vocab_size + 1, device=tokens.device)
+    counts.scatter_add_(1, tokens + 1, torch.ones_like(tokens, dtype=counts.dtype))  # padding lands in column 0
+    return counts[:, 1:]
+
+
+# --- filters ---------------------------------------------------------------------------------------
+class Greedy:
+    """Keep only the most likely token (the first one, on ties)."""
+
+    deterministic = True
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.argmax(-1, keepdim=True), True)
+        return _keep(logits, keep)
+
+
+class Temperature:
+    """Divide logits by ``t`` (t > 1 flattens, t < 1 sharpens); ``t = 0`` is greedy."""
+
+    def __init__(self, t: float) -> None:
+        self.t = _check_number("temperature", t, "a number >= 0 (0 means greedy)", lambda x: x >= 0)
+        self.deterministic = self.t == 0
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        return Greedy()(logits, tokens) if self.deterministic else logits / self.t
+
+
+class TopK:
+    """Keep exactly the ``k`` most likely tokens."""
+
+    def __init__(self, k: int) -> None:
+        self.k = _check_int("top_k", k, 1)
+        self.deterministic = self.k == 1
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        k = min(self.k, logits.size(-1))
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+        return _keep(logits, keep)
+
+
+class TopP:
+    """Nucleus sampling: keep the smallest set of most likely tokens whose probability reaches ``p``."""
+
+    deterministic = False
+
+    def __init__(self, p: float) -> None:
+        self.p = _check_number("top_p", p, "in (0, 1]", lambda x: 0 < x <= 1)
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.float().softmax(-1)
+        mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
+        keep_sorted = mass_before < self.p
+        keep_sorted[..., 0] = True
+        return _keep(logits, keep_sorted.scatter(-1, order, keep_sorted))
+
+
+class MinP:
+    """Keep tokens whose probability is at least ``p`` times that of the most likely token."""
+
+    deterministic = False
+
+    def __init__(self, p: float) -> None:
+        self.p = _check_number("min_p", p, "in (0, 1]", lambda x: 0 < x <= 1)
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        probs = logits.float().softmax(-1)
+        return _keep(logits, probs >= self.p * probs.amax(-1, keepdim=True))
+
+
+class Typical:
+    """Locally typical sampling (Meister et al. 2022): keep the tokens whose surprise is closest to the
+    entropy, in that order, until their probability reaches ``p``."""
+
+    deterministic = False
+
+    def __init__(self, p: float) -> None:
+        self.p = _check_number("typical", p, "in (0, 1]", lambda x: 0 < x <= 1)
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        log_probs = logits.float().log_softmax(-1)
+        probs = log_probs.exp()
+        entropy = -(probs * log_probs).nan_to_num().sum(-1, keepdim=True)
+        distance = (-log_probs - entropy).abs()
+        sorted_distance, order = distance.sort(dim=-1)
+        sorted_probs = probs.gather(-1, order)
+        keep_sorted = ((sorted_probs.cumsum(-1) - sorted_probs) < self.p) & sorted_distance.isfinite()
+        keep_sorted[..., 0] = True
+        return _keep(logits, keep_sorted.scatter(-1, order, keep_sorted))
+
+
+# --- penalties -------------------------------------------------------------------------------------
+class RepetitionPenalty:
+    """CTRL's penalty on every token in the context: positive logits divided by ``penalty``, negative ones multiplied."""
+
+    deterministic = False
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = _check_number("repetition_penalty", penalty, "a number > 0 (1 = off)", lambda x: x > 0)
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        seen = token_counts(tokens, logits.size(-1)) > 0
+        penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
+        return torch.where(seen, penalised, logits)
+
+
+class FrequencyPenalty:
+    """Subtract ``penalty`` × (occurrences of the token in the context), as OpenAI's frequency_penalty."""
+
+    deterministic = False
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = _check_number("frequency_penalty", penalty, "a finite number", lambda x: True)
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        return logits - self.penalty * token_counts(tokens, logits.size(-1)).to(logits.dtype)
+
+
+class PresencePenalty:
+    """Subtract ``penalty`` from every token present in the context, as OpenAI's presence_penalty."""
+
+    deterministic = False
+
+    def __init__(self, penalty: float) -> None:
+        self.penalty = _check_number("presence_penalty", penalty, "a finite number", lambda x: True)
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        return logits - self.penalty * (token_counts(tokens, logits.size(-1)) > 0).to(logits.dtype)
+
+
+class NoRepeatNGram:
+    """Forbid any token that would complete an n-gram already present in the context."""
+
+    deterministic = False
+
+    def __init__(self, n: int) -> None:
+        self.n = _check_int("no_repeat_ngram", n, 1)
+
+    def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        B, V = logits.shape
+        n = self.n
+        if tokens.size(1) < n:
+            return logits
+        windows = tokens.unfold(1, n, 1)  # (B, T-n+1, n)
+        suffix = tokens[:, tokens.size(1) - n + 1:]  # (B, n-1): the n-gram prefix the next token would complete
+        matches = (windows[..., :-1] == suffix[:, None]).all(-1) & (windows >= 0).all(-1)  # (B, T-n+1)
+        if n > 1:
+            matches &= (suffix >= 0).all(-1, keepdim=True)
+        banned_ids = torch.where(matches, windows[..., -1], V)  # V is a dump column
+        banned = torch.zeros(B, V + 1, dtype=torch.bool, device=logits.device).scatter_(1, banned_ids, True)
+        return _keep(logits, ~banned[:, :V])
+
+
+BUILTIN_TRANSFORMS: dict[str, Callable[..., LogitsTransform]] = {
+    "greedy": Greedy,
+    "temperature": Temperature,
+    "top_k": TopK,
+    "top_p": TopP,
+    "min_p": MinP,
+    "typical": Typical,
+    "repetition_penalty": RepetitionPenalty,
+    "frequency_penalty": FrequencyPenalty,
+    "presence_penalty": PresencePenalty,
+    "no_repeat_ngram": NoRepeatNGram,
+}
+
+
+@hookimpl
+def armm_register_samplers(register) -> None:
+    for name, factory in BUILTIN_TRANSFORMS.items():
+        register(name, factory)
+
+
+# --- the sampler -----------------------------------------------------------------------------------
+class Sampler:
+    """A chain of logits transforms followed by one draw from the softmax of what remains.
+
+    When a transform in the chain leaves a single token (greedy, ``top_k=1``, ``temperature=0``)
+    the draw is an argmax and needs no randomness.
+    """
+
+    def __init__(self, transforms: Sequence[LogitsTransform], spec: str = "") -> None:
+        self.transforms = list(transforms)
+        self.spec = spec or ",".join(type(t).__name__ for t in self.transforms)
+        self.is_greedy = any(getattr(t, "deterministic", False) for t in self.transforms)
+
+    def __repr__(self) -> str:
+        return f"Sampler({self.spec!r})"
+
+    def filter(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        """Apply the chain: the logits of the distribution the draw samples from."""
+        for transform in self.transforms:
+            logits = transform(logits, tokens)
+        return logits
+
+    def __call__(self, logits: Tensor, tokens: Tensor, generators: Sequence[torch.Generator] | None = None) -> Tensor:
+        """Draw one token id per row → ``[B]``."""
+        logits = self.filter(logits, tokens)
+        if self.is_greedy:
+            return logits.argmax(-1)
+        return draw(logits, generators)
+
+
+def draw(logits: Tensor, generators: Sequence[torch.Generator] | None = None) -> Tensor:
+    """Sample ``[B]`` ids from ``softmax(logits)`` as ``argmax(p / E)`` with ``E ~ Exp(1)`` — no host sync.
+
+    ``generators`` (one per row) make each row's draw depend only on its own seed.
+    """
+    probs = logits.float().softmax(-1)
+    if generators is None:
+        noise = torch.empty_like(probs).exponential_()
+    else:
+        noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])
+    return (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(-1)
+
+
+def parse_spec(spec: str) -> list[tuple[str, int | float | None]]:
+    """``"temperature=0.7,top_p=0.9"`` → ``[("temperature", 0.7), ("top_p", 0.9)]``; a bare name has value None."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"sampler spec must be a non-empty string such as 'greedy' or 'temperature=0.7,top_p=0.9', got {spec!r}")
+    items = []
+    for item in spec.split(","):
+        name, sep, raw = (part.strip() for part in item.partition("="))
+        if not name or (sep and not raw):
+            raise ValueError(f"malformed sampler item {item.strip()!r} in {spec!r}; write name or name=value")
+        items.append((name, _parse_number(raw, name) if sep else None))
+    return items
+
+
+def _parse_number(raw: str, name: str) -> int | float:
+    try:
+        return int(raw)
+    except ValueError:
+        pass
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"sampler {name!r} takes a number, got {raw!r}") from None
+
+
+def build_sampler(spec: str | Sampler) -> Sampler:
+    """A ``Sampler`` from a spec string, using every registered transform (built-in and plugins)."""
+    if isinstance(spec, Sampler):
+        return spec
+    registry = get_plugins().samplers
+    transforms = []
+    for name, value in parse_spec(spec):
+        factory = registry.get(name)
+        try:
+            transforms.append(factory() if value is None else factory(value))
+        except TypeError:
+            needs = "takes no value" if value is not None else "needs a value: write name=value"
+            raise ValueError(f"sampler {name!r} {needs} (in {spec!r})") from None
+    return Sampler(transforms, spec)
