@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from jsonargparse import CLI
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from armm.checkpoint import load_model, save_model
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         CLI(COMMANDS, args=args, as_positional=True)
     except (ValueError, FileNotFoundError, PluginError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
 
 

@@ -35,6 +35,8 @@ class KVCache(nn.Module):
         Returns views of the filled prefix, ``[B, n_kv_head, start+T, head_dim]``, for attention.
         """
         end = start + k.size(2)
+        if k.size(0) != self.batch_size:
+            raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {k.size(0)}")
         if end > self.max_len:
             raise ValueError(f"KV-cache holds {self.max_len} positions; cannot write up to slot {end}")
         self.k[:, :, start:end] = k

@@ -1,0 +1,68 @@
+"""The armm command line, run in-process through its entry point."""
+
+import pytest
+
+import armm
+from armm.cli import main
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    main(["init", str(tmp_path / "m"), "--preset", "gpt2-tiny", "--seed", "0"])
+    return tmp_path / "m"
+
+
+def test_init_writes_a_loadable_model_with_the_tokenizer_vocabulary(model_dir):
+    model, tokenizer = armm.load_model(model_dir)
+    assert model.config.vocab_size == tokenizer.vocab_size == 259
+
+
+def test_sample_prints_the_prompt_and_the_generated_continuation(model_dir, capsys):
+    main(["sample", str(model_dir), "--prompt", "Hello", "--max-new-tokens", "12"])
+    out = capsys.readouterr().out
+    model, tok = armm.load_model(model_dir)
+    expected = tok.decode(armm.generate(model, [[tok.bos_id, *tok.encode("Hello")]], max_new_tokens=12,
+                                        stop_tokens=[tok.eos_id])[0])
+    assert out == "Hello" + expected + "\n"
+
+
+def test_streamed_and_seeded_samples_are_reproducible(model_dir, capsys):
+    args = ["sample", str(model_dir), "--prompt", "ab", "--sampler", "temperature=0.9,top_k=50", "--seed", "5",
+            "--max_new_tokens", "10"]
+    main(args)
+    plain = capsys.readouterr().out
+    main(args + ["--stream"])
+    assert capsys.readouterr().out == plain
+    main(args + ["--num-samples", "2"])
+    out = capsys.readouterr().out
+    assert plain.strip() in out and "sample 1" in out
+
+
+def test_score_reports_the_chain_rule_metrics(model_dir, capsys, tmp_path):
+    (tmp_path / "t.txt").write_text("hello world")
+    main(["score", str(model_dir), "--file", str(tmp_path / "t.txt")])
+    out = capsys.readouterr().out
+    model, tok = armm.load_model(model_dir)
+    result = armm.score(model, [tok.bos_id, *tok.encode("hello world")])
+    assert f"{result.perplexity:.4f}" in out and f"{result.bits_per_token:.4f}" in out
+    assert "tokens scored" in out and " 11 " in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "{dir}", "--sampler", "top_p=1.5"], "top_p must be in (0, 1]"),
+        (["sample", "{dir}", "--sampler", "nucleus=0.9"], "unknown sampler 'nucleus'"),
+        (["sample", "{dir}", "--max-new-tokens", "1000"], "more than the model's context"),
+        (["sample", "{dir}/missing"], "does not exist"),
+        (["score", "{dir}"], "exactly one of --text or --file"),
+        (["init", "{dir}/new", "--tokenizer", "klingon"], "unknown tokenizer 'klingon'"),
+        (["init", "{dir}/new", "--preset", "gpt5"], "unknown model preset 'gpt5'"),
+    ],
+)
+def test_user_mistakes_exit_non_zero_with_one_clear_line(model_dir, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(dir=model_dir) for a in args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -1,0 +1,41 @@
+import math
+
+import pytest
+import torch
+
+import armm
+from tests.conftest import tiny_model
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_log_likelihood_is_the_log_of_the_product_of_softmax_probabilities(preset):
+    model = tiny_model(preset)
+    ids = [3, 14, 15, 92, 65, 35, 89, 79]
+    result = armm.score(model, ids)
+    probability = 1.0
+    for t in range(1, len(ids)):  # chain rule, one full forward per prefix, probabilities by hand
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[:t]]))[0, -1].double()
+        probability *= (logits.exp() / logits.exp().sum())[ids[t]].item()
+    assert result.log_likelihood == pytest.approx(math.log(probability), abs=1e-4)
+    assert result.token_logprobs.shape == (len(ids) - 1,)
+    assert result.token_logprobs.sum().item() == pytest.approx(result.log_likelihood, abs=1e-5)
+    n = len(ids) - 1
+    assert result.perplexity == pytest.approx(probability ** (-1 / n), rel=1e-4)
+    assert result.bits_per_token == pytest.approx(-math.log2(probability) / n, rel=1e-4)
+    assert result.bits_per_unit(2 * n) == pytest.approx(result.bits_per_token / 2)
+
+
+def test_an_untrained_model_scores_near_uniform():
+    model = tiny_model()
+    result = armm.score(model, torch.randint(0, 256, (100,)))
+    assert abs(result.bits_per_token - 8.0) < 0.5  # log2(256) for a near-uniform predictor
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [([1], "at least 2 tokens"), ([1, 256], "token id 256 at position 1 is outside"), ([1] * 129, "max_seq_len=128")],
+)
+def test_bad_sequences_are_refused(ids, message):
+    with pytest.raises(ValueError, match=message):
+        armm.score(tiny_model(), ids)
