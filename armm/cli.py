@@ -3,6 +3,7 @@ docstring into ``--help``. Options may be written ``--max-new-tokens`` or ``--ma
 
 from __future__ import annotations
 
+import math
 import sys
 import typing
 from collections.abc import Iterator
@@ -62,23 +63,26 @@ def sample(
     seed: int | None = None,
     num_samples: int = 1,
     stream: bool = False,
+    output: Path | None = None,
 ) -> None:
-    """Generate continuations of a prompt from a saved model.
+    """Generate samples from a saved model, in any modality its tokenizer plugin handles.
 
     Args:
         model_dir: A model directory (config.json, model.safetensors, tokenizer/).
-        prompt: Text to continue; the tokenizer's bos token is put in front.
+        prompt: Text to continue (text, code, residues…); the tokenizer's bos token is put in front.
         sampler: A sampler spec such as "greedy", "top_k=40" or "temperature=0.7,top_p=0.9".
         max_new_tokens: How many tokens to generate at most (generation also stops at eos).
         seed: Random seed; sample i uses seed + i, so results are reproducible.
-        num_samples: How many continuations to draw.
-        stream: Print tokens as they are generated.
+        num_samples: How many samples to draw.
+        stream: Print text as it is generated.
+        output: Write the samples to this path in the modality's format (.txt, .fasta, .wav, .png…);
+            required for modalities whose samples are not text.
     """
     model, tok = _load(model_dir)
     ids = _encode(tok, prompt)
     stops = [tok.eos_id] if tok.eos_id is not None else []
     seeds = None if seed is None else [seed + i for i in range(num_samples)]
-    if stream:
+    if stream and output is None:
         for i in range(num_samples):
             steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
                              seed=None if seeds is None else seeds[i], stream=True)
@@ -89,32 +93,46 @@ def sample(
         return
     outputs = generate(model, [ids] * num_samples, max_new_tokens=max_new_tokens, sampler=sampler,
                        stop_tokens=stops, seed=seeds)
-    for i, new in enumerate(outputs):
+    samples = [tok.decode(ids + new) for new in outputs]
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        for path in tok.write(samples, output):
+            console.print(f"wrote {path}", highlight=False)
+        return
+    if not all(isinstance(s, str) for s in samples):
+        raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
+    for i, text in enumerate(samples):
         if num_samples > 1:
             console.rule(f"sample {i}")
-        console.print(prompt + tok.decode(new), markup=False, highlight=False)
+        console.print(text, markup=False, highlight=False)
 
 
 def score(model_dir: Path, text: str | None = None, file: Path | None = None) -> None:
-    """Score a text under a saved model: log-likelihood, perplexity and bits per token.
+    """Score data under a saved model: log-likelihood, perplexity, bits per token and bits per unit
+    of the modality (byte, residue, pixel value, audio sample…).
 
     Args:
         model_dir: A model directory.
-        text: The text to score.
-        file: Or a file whose contents to score.
+        text: A text to score (for text-like modalities).
+        file: Or a file, folder or glob, read by the model's tokenizer plugin; every sample is scored.
     """
     if (text is None) == (file is None):
         raise ValueError("give exactly one of --text or --file")
     model, tok = _load(model_dir)
-    sample_text = text if text is not None else _read_text(file)
-    result = score_ids(model, _encode(tok, sample_text))
+    samples = [text] if text is not None else tok.read(file)
+    results = [score_ids(model, _encode(tok, s)) for s in samples]
+    log_likelihood = sum(r.log_likelihood for r in results)
+    tokens = sum(r.num_tokens for r in results)
+    units = sum(tok.num_units(s) for s in samples)
     table = Table(title=f"score under {model_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("tokens scored", str(result.num_tokens))
-    table.add_row("log-likelihood (nats)", f"{result.log_likelihood:.4f}")
-    table.add_row("perplexity", f"{result.perplexity:.4f}")
-    table.add_row("bits per token", f"{result.bits_per_token:.4f}")
+    table.add_row("samples", str(len(samples)))
+    table.add_row("tokens scored", str(tokens))
+    table.add_row("log-likelihood (nats)", f"{log_likelihood:.4f}")
+    table.add_row("perplexity", f"{math.exp(-log_likelihood / tokens):.4f}")
+    table.add_row("bits per token", f"{-log_likelihood / (tokens * math.log(2)):.4f}")
+    table.add_row(f"bits per {tok.unit}", f"{-log_likelihood / (units * math.log(2)):.4f}")
     console.print(table)
 
 
@@ -128,13 +146,6 @@ def _load(model_dir: Path) -> tuple[Transformer, Tokenizer]:
 
 def _encode(tok: Tokenizer, text: str) -> list[int]:
     return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
 
 
 def _decode_stream(tok: Tokenizer, tokens: Iterator[int | None]) -> Iterator[str]:

@@ -36,7 +36,8 @@ def _check_number(name: str, value: object, allowed: str, ok: Callable[[float], 
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not math.isfinite(value)) or value != int(value) or value < minimum):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -92,6 +93,8 @@ class TopP:
         self.p = _check_number("top_p", p, "in (0, 1]", lambda x: 0 < x <= 1)
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        if self.p == 1:  # keeps every token; the float32 cumsum would round the tail's mass up to 1 and drop it
+            return logits
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.float().softmax(-1)
         mass_before = probs.cumsum(-1) - probs  # probability of the tokens ranked above each one
@@ -123,6 +126,8 @@ class Typical:
         self.p = _check_number("typical", p, "in (0, 1]", lambda x: 0 < x <= 1)
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        if self.p == 1:  # keeps every token, as in TopP
+            return logits
         log_probs = logits.float().log_softmax(-1)
         probs = log_probs.exp()
         entropy = -(probs * log_probs).nan_to_num().sum(-1, keepdim=True)

@@ -8,18 +8,25 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from armm.files import find_files, numbered_paths, read_text
 from armm.hookspecs import hookimpl
 
 
 class Tokenizer(ABC):
     """Maps samples of one modality to token ids in ``[0, vocab_size)`` and back.
 
-    Subclasses set ``name`` (the registry key) and ``modality``, and implement the abstract
-    methods. ``special_tokens`` maps roles (``bos``, ``eos``, ``pad`` and any extra) to ids.
+    A tokenizer owns everything domain-specific about its modality: ids (``encode``/``decode``),
+    how raw files become samples (``read``), how generated samples become files a person can open
+    (``write``), and the natural unit that "bits per unit" counts (``unit``, ``num_units``).
+    Subclasses set ``name`` (the registry key), ``modality``, ``unit`` and ``file_suffix``, and
+    implement the abstract methods. ``special_tokens`` maps roles (``bos``, ``eos``, ``pad`` and any
+    extra) to ids. ``armm.testing.TokenizerContract`` checks an implementation.
     """
 
     name: ClassVar[str]
     modality: ClassVar[str]
+    unit: ClassVar[str] = "token"
+    file_suffix: ClassVar[str] = ".txt"
 
     @property
     @abstractmethod
@@ -59,6 +66,19 @@ class Tokenizer(ABC):
     def load(cls, directory: str | Path) -> Tokenizer:
         """Rebuild the tokenizer from what ``save`` wrote."""
 
+    @abstractmethod
+    def read(self, source: str | Path) -> list[Any]:
+        """Raw data → samples. ``source`` is a file, a folder or a glob (see ``armm.files.find_files``);
+        an empty or unreadable source raises an error naming the file."""
+
+    @abstractmethod
+    def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
+        """Samples → file(s) in the modality's own format at ``path``; returns the paths written."""
+
+    def num_units(self, sample: Any) -> int:
+        """How many ``unit``s a sample holds (bytes, residues, pixel values, audio samples)."""
+        return len(self.encode(sample))
+
     def fit(self, samples: Iterable[Any]) -> None:
         """Learn the vocabulary from samples; only trainable tokenizers override this."""
         raise NotImplementedError(f"tokenizer {self.name!r} has a fixed vocabulary and cannot be fitted")
@@ -78,6 +98,7 @@ class ByteTokenizer(Tokenizer):
 
     name = "bytes"
     modality = "text"
+    unit = "byte"
 
     @property
     def vocab_size(self) -> int:
@@ -95,6 +116,18 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         self.check_ids(ids)
         return bytes(token for token in ids if token < 256).decode("utf-8", errors="replace")
+
+    def read(self, source: str | Path) -> list[str]:
+        return [read_text(path) for path in find_files(source, (".txt", ".md"), what="text files")]
+
+    def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
+        paths = numbered_paths(path, len(samples), self.file_suffix)
+        for sample, target in zip(samples, paths):
+            target.write_text(sample, encoding="utf-8")
+        return paths
+
+    def num_units(self, sample: str) -> int:
+        return len(sample.encode("utf-8"))
 
     def save(self, directory: str | Path) -> None:
         (Path(directory) / "bytes.json").write_text(json.dumps({"vocab_size": self.vocab_size}) + "\n")

@@ -46,6 +46,16 @@ def test_score_reports_the_chain_rule_metrics(model_dir, capsys, tmp_path):
     result = armm.score(model, [tok.bos_id, *tok.encode("hello world")])
     assert f"{result.perplexity:.4f}" in out and f"{result.bits_per_token:.4f}" in out
     assert "tokens scored" in out and " 11 " in out
+    assert f"{result.bits_per_unit(len('hello world')):.4f}" in out and "bits per byte" in out
+
+
+def test_sample_writes_files_in_the_modality_format(model_dir, capsys, tmp_path):
+    main(["sample", str(model_dir), "--prompt", "Hi", "--num-samples", "2", "--seed", "0",
+          "--sampler", "temperature=1", "--output", str(tmp_path / "out" / "s.txt"), "--max-new-tokens", "5"])
+    written = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in written] == ["s-0.txt", "s-1.txt"]
+    assert all(p.read_text().startswith("Hi") for p in written)
+    assert "wrote" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
