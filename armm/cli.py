@@ -144,8 +144,14 @@ def _load(model_dir: Path) -> tuple[Transformer, Tokenizer]:
     return model, tok
 
 
-def _encode(tok: Tokenizer, text: str) -> list[int]:
-    return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(text)
+def _encode(tok: Tokenizer, sample) -> list[int]:
+    """bos, then the sample's ids; an empty prompt is bos alone (how non-text modalities start)."""
+    bos = [tok.bos_id] if tok.bos_id is not None else []
+    if isinstance(sample, str) and not sample:
+        if not bos:
+            raise ValueError(f"tokenizer {tok.name!r} has no bos token, so generation needs a non-empty --prompt")
+        return bos
+    return bos + tok.encode(sample)
 
 
 def _decode_stream(tok: Tokenizer, tokens: Iterator[int | None]) -> Iterator[str]:

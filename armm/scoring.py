@@ -39,21 +39,23 @@ class Score:
 
 
 @torch.inference_mode()
-def score(model: Transformer, ids: Sequence[int] | Tensor) -> Score:
+def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None = None) -> Score:
     """Score ``ids`` (start it with bos to score its first real token too).
 
-    Raises ValueError if ``ids`` has fewer than 2 tokens, an id outside the vocabulary, or is
-    longer than the model's context.
+    A sequence longer than the model's context is scored with a sliding window: the first window
+    holds ``max_seq_len`` tokens, and each next one moves by ``stride`` (default ``max_seq_len // 2``),
+    so every later token is predicted from at least ``max_seq_len - stride`` tokens before it.
+    Raises ValueError for fewer than 2 tokens, an id outside the vocabulary, or a bad stride.
     """
     config = model.config
+    context = config.max_seq_len
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
-    if ids.numel() < 2:
-        raise ValueError(f"scoring needs at least 2 tokens (a condition and one scored token), got {ids.numel()}")
-    if ids.numel() > config.max_seq_len:
-        raise ValueError(
-            f"sequence of {ids.numel()} tokens is longer than the model's context (max_seq_len={config.max_seq_len}); "
-            "score it in chunks of at most max_seq_len tokens"
-        )
+    n = ids.numel()
+    if n < 2:
+        raise ValueError(f"scoring needs at least 2 tokens (a condition and one scored token), got {n}")
+    stride = context // 2 if stride is None else stride
+    if not 1 <= stride <= context - 1:
+        raise ValueError(f"stride must be in [1, max_seq_len - 1] = [1, {context - 1}], got {stride}")
     bad = ((ids < 0) | (ids >= config.vocab_size)).nonzero()
     if bad.numel():
         position = int(bad[0])
@@ -63,10 +65,17 @@ def score(model: Transformer, ids: Sequence[int] | Tensor) -> Score:
         )
     was_training = model.training
     model.eval()
+    ids = ids.to(model.tok_emb.weight.device)
+    pieces, scored = [], 1  # ids[0] is only a condition
     try:
-        ids = ids.to(model.tok_emb.weight.device)
-        logits = model(ids[None, :-1])[0].float()  # (T-1, V): the prediction for each next token
+        while scored < n:
+            end = min(n, context if scored == 1 else scored + stride)
+            window = ids[max(0, end - context):end]
+            logits = model(window[None, :-1])[0].float()  # (len(window) - 1, V): each next-token prediction
+            logprobs = logits.log_softmax(-1).gather(-1, window[1:, None])[:, 0]
+            pieces.append(logprobs[-(end - scored):])  # only the tokens this window scores first
+            scored = end
     finally:
         model.train(was_training)
-    token_logprobs = logits.log_softmax(-1).gather(-1, ids[1:, None])[:, 0].cpu()
+    token_logprobs = torch.cat(pieces).cpu()
     return Score(token_logprobs=token_logprobs, log_likelihood=float(token_logprobs.double().sum()))

@@ -32,10 +32,29 @@ def test_an_untrained_model_scores_near_uniform():
     assert abs(result.bits_per_token - 8.0) < 0.5  # log2(256) for a near-uniform predictor
 
 
+def test_long_sequences_are_scored_with_a_sliding_window():
+    model = tiny_model(max_seq_len=128)
+    ids = torch.randint(0, 256, (300,))
+    result = armm.score(model, ids, stride=64)
+    # (window start, window end, first token it scores): the first window is full, then steps of 64
+    windows = [(0, 128, 1), (64, 192, 128), (128, 256, 192), (172, 300, 256)]
+    expected = []
+    with torch.no_grad():
+        for begin, end, first in windows:
+            logprobs = model(ids[None, begin:end - 1])[0].log_softmax(-1)
+            expected += [logprobs[t - 1 - begin, ids[t]].item() for t in range(first, end)]
+    assert result.num_tokens == 299
+    torch.testing.assert_close(result.token_logprobs, torch.tensor(expected), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(
-    "ids, message",
-    [([1], "at least 2 tokens"), ([1, 256], "token id 256 at position 1 is outside"), ([1] * 129, "max_seq_len=128")],
+    "ids, kwargs, message",
+    [
+        ([1], {}, "at least 2 tokens"),
+        ([1, 256], {}, "token id 256 at position 1 is outside"),
+        ([1, 2, 3], dict(stride=128), r"stride must be in \[1, max_seq_len - 1\]"),
+    ],
 )
-def test_bad_sequences_are_refused(ids, message):
+def test_bad_sequences_are_refused(ids, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        armm.score(tiny_model(), ids)
+        armm.score(tiny_model(), ids, **kwargs)
