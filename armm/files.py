@@ -33,7 +33,8 @@ def find_files(source: str | Path, suffixes: Iterable[str], *, what: str = "file
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file's contents, or a ValueError naming the file when it is binary or not UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline="") as handle:  # newline="": CRLF stays CRLF, byte for byte
+            return handle.read()
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); is it a binary file?") from None
 

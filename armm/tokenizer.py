@@ -123,7 +123,7 @@ class ByteTokenizer(Tokenizer):
     def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
         paths = numbered_paths(path, len(samples), self.file_suffix)
         for sample, target in zip(samples, paths):
-            target.write_text(sample, encoding="utf-8")
+            target.write_text(sample, encoding="utf-8", newline="")
         return paths
 
     def num_units(self, sample: str) -> int:

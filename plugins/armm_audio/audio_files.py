@@ -1,0 +1,38 @@
+"""Audio files ↔ waveforms through soundfile (torchaudio's own file I/O needs FFmpeg, which armm does not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from armm_audio.waveform import as_waveform
+
+READ_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """One audio file → mono float32 waveform in [-1, 1] at ``sample_rate`` (channels averaged, then resampled).
+
+    Raises ValueError naming the file when soundfile cannot decode it or it holds no frames.
+    """
+    import soundfile
+    import torchaudio.functional
+
+    try:
+        frames, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except soundfile.SoundFileError as err:
+        raise ValueError(f"{path} is not a readable audio file ({', '.join(READ_SUFFIXES)}): {err}") from None
+    if len(frames) == 0:
+        raise ValueError(f"{path} holds no audio frames")
+    mono = torch.from_numpy(frames).mean(dim=1)
+    if file_rate != sample_rate:
+        mono = torchaudio.functional.resample(mono, file_rate, sample_rate)
+    return mono.clamp(-1.0, 1.0)
+
+
+def write_wav(path: str | Path, sample: torch.Tensor, sample_rate: int) -> None:
+    """A waveform → a 16-bit PCM mono WAV file."""
+    import soundfile
+
+    soundfile.write(path, as_waveform(sample).numpy(), sample_rate, subtype="PCM_16", format="WAV")

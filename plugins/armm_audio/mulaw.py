@@ -1,0 +1,100 @@
+"""The ``audio-mulaw`` tokenizer: resampled waveform → WaveNet-style mu-law companding → one token per sample."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from armm.files import find_files, numbered_paths
+from armm.tokenizer import Tokenizer
+from armm_audio.audio_files import READ_SUFFIXES, read_audio, write_wav
+from armm_audio.waveform import as_waveform
+
+CONFIG_FILE = "audio_mulaw.json"
+BITS_RANGE = range(2, 17)
+
+
+class MuLawTokenizer(Tokenizer):
+    """Audio samples as mu-law levels 0 .. 2**bits - 1 (mu = 2**bits - 1), then bos, eos, pad.
+
+    A sample is a 1-D float32 ``torch.Tensor`` in [-1, 1] at ``sample_rate`` (numpy arrays are accepted;
+    values outside [-1, 1] are clipped). Lossy: ``decode(encode(x))`` is within the mu-law quantisation
+    step of ``x``, and ``encode(decode(ids)) == ids`` for every level.
+
+    Args:
+        sample_rate: Rate (Hz) that ``read`` resamples every file to and ``write`` records.
+        bits: Bits per sample; 2**bits mu-law levels (2 .. 16).
+        clip_seconds: If set, ``read`` cuts each file into consecutive clips of at most this long.
+    """
+
+    name = "audio-mulaw"
+    modality = "audio"
+    unit = "sample"
+    file_suffix = ".wav"
+
+    def __init__(self, sample_rate: int = 16000, bits: int = 8, clip_seconds: float | None = None) -> None:
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+        if not isinstance(bits, int) or bits not in BITS_RANGE:
+            raise ValueError(f"bits must be an integer from {BITS_RANGE.start} to {BITS_RANGE.stop - 1}, got {bits!r}")
+        if clip_seconds is not None and not clip_seconds * sample_rate >= 1:
+            raise ValueError(f"clip_seconds must hold at least one sample at {sample_rate} Hz, got {clip_seconds!r}")
+        self.sample_rate = sample_rate
+        self.bits = bits
+        self.clip_seconds = clip_seconds
+        self.levels = 2**bits
+
+    @property
+    def vocab_size(self) -> int:
+        return self.levels + 3
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {"bos": self.levels, "eos": self.levels + 1, "pad": self.levels + 2}
+
+    def encode(self, sample: Any) -> list[int]:
+        import torchaudio.functional
+
+        waveform = as_waveform(sample).to(torch.float64)
+        return torchaudio.functional.mu_law_encoding(waveform, self.levels).tolist()
+
+    def decode(self, ids: Sequence[int]) -> torch.Tensor:
+        import torchaudio.functional
+
+        self.check_ids(ids)
+        levels = torch.tensor([token for token in ids if token < self.levels], dtype=torch.float64)
+        return torchaudio.functional.mu_law_decoding(levels, self.levels).clamp(-1.0, 1.0).to(torch.float32)
+
+    def num_units(self, sample: Any) -> int:
+        return as_waveform(sample).numel()
+
+    def read(self, source: str | Path) -> list[torch.Tensor]:
+        samples = []
+        for path in find_files(source, READ_SUFFIXES, what="audio files"):
+            waveform = read_audio(path, self.sample_rate)
+            if self.clip_seconds is None:
+                samples.append(waveform)
+            else:
+                samples.extend(torch.split(waveform, int(self.clip_seconds * self.sample_rate)))
+        return samples
+
+    def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
+        paths = numbered_paths(path, len(samples), self.file_suffix)
+        for sample, target in zip(samples, paths):
+            write_wav(target, sample, self.sample_rate)
+        return paths
+
+    def save(self, directory: str | Path) -> None:
+        config = {"sample_rate": self.sample_rate, "bits": self.bits, "clip_seconds": self.clip_seconds}
+        (Path(directory) / CONFIG_FILE).write_text(json.dumps(config) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MuLawTokenizer:
+        path = Path(directory) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing; it is written by MuLawTokenizer.save")
+        return cls(**json.loads(path.read_text()))
