@@ -1,0 +1,9 @@
+"""Hook implementations of the protein plugin."""
+
+import armm
+from armm_protein.tokenizer import ProteinTokenizer
+
+
+@armm.hookimpl
+def armm_register_tokenizers(register) -> None:
+    register("protein", ProteinTokenizer)

@@ -1,0 +1,86 @@
+"""Protein sequences as one token per residue: 20 standard amino acids, 5 rare/ambiguous letters, bos/eos/pad."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from armm.files import find_files, numbered_paths
+from armm.tokenizer import Tokenizer
+from armm_protein.fasta import FastaRecord, format_fasta, read_fasta
+
+STANDARD = "ACDEFGHIKLMNPQRSTVWY"
+RARE = "BZXUO"  # B = D or N, Z = E or Q, X = any, U = selenocysteine, O = pyrrolysine
+ALPHABET = STANDARD + RARE
+FASTA_SUFFIXES = (".fasta", ".fa", ".faa")
+SAVE_FILE = "protein.json"
+
+
+class ProteinTokenizer(Tokenizer):
+    """Residue letters → ids ``0 .. 24`` in ``ALPHABET`` order, then bos=25, eos=26, pad=27. Lossless.
+
+    A sample is a ``str`` of upper-case residue letters; ``encode`` also accepts lower case.
+    """
+
+    name = "protein"
+    modality = "protein"
+    unit = "residue"
+    file_suffix = ".fasta"
+
+    _ids = {letter: i for i, letter in enumerate(ALPHABET)} | {letter.lower(): i for i, letter in enumerate(ALPHABET)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(ALPHABET) + 3
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {"bos": len(ALPHABET), "eos": len(ALPHABET) + 1, "pad": len(ALPHABET) + 2}
+
+    def encode(self, sample: str) -> list[int]:
+        if not isinstance(sample, str):
+            raise TypeError(f"tokenizer 'protein' encodes str, got {type(sample).__name__}")
+        try:
+            return [self._ids[residue] for residue in sample]
+        except KeyError:
+            position, residue = next((i, r) for i, r in enumerate(sample) if r not in self._ids)
+            raise ValueError(
+                f"invalid residue {residue!r} at position {position}; allowed: {ALPHABET} (either case)"
+            ) from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        self.check_ids(ids)
+        return "".join(ALPHABET[token] for token in ids if token < len(ALPHABET))
+
+    def num_units(self, sample: str) -> int:
+        return len(sample)
+
+    def read_records(self, source: str | Path) -> list[FastaRecord]:
+        """Every record (name, description, sequence) of the .fasta/.fa/.faa files in ``source``, in file order."""
+        paths = find_files(source, FASTA_SUFFIXES, what="FASTA files")
+        return [record for path in paths for record in read_fasta(path, ALPHABET)]
+
+    def read(self, source: str | Path) -> list[str]:
+        return [record.sequence for record in self.read_records(source)]
+
+    def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
+        """All samples into one FASTA file, records ``sample_0, sample_1, …``, wrapped at 60 columns."""
+        if not samples:
+            raise ValueError("no protein samples to write")
+        records = [FastaRecord(f"sample_{i}", "", self.decode(self.encode(s))) for i, s in enumerate(samples)]
+        target = numbered_paths(path, 1, self.file_suffix)[0]
+        target.write_text(format_fasta(records), encoding="utf-8")
+        return [target]
+
+    def save(self, directory: str | Path) -> None:
+        (Path(directory) / SAVE_FILE).write_text(json.dumps({"alphabet": ALPHABET}) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ProteinTokenizer:
+        path = Path(directory) / SAVE_FILE
+        saved = json.loads(path.read_text())["alphabet"]
+        if saved != ALPHABET:
+            raise ValueError(f"{path} was saved with alphabet {saved!r}, but this version of armm_protein uses "
+                             f"{ALPHABET!r}; the token ids would not match")
+        return cls()
