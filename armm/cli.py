@@ -39,16 +39,21 @@ def plugins() -> None:
     console.print(table)
 
 
-def init(model_dir: Path, preset: str = "gpt2-mini", tokenizer: str = "bytes", seed: int = 0) -> None:
+def init(
+    model_dir: Path, preset: str = "gpt2-mini", tokenizer: str = "bytes", data: Path | None = None, seed: int = 0
+) -> None:
     """Create a model directory with randomly initialised weights (a starting point, or a quick demo).
 
     Args:
         model_dir: Where to write config.json, model.safetensors and the tokenizer.
         preset: A ModelConfig preset (gpt2-tiny, gpt2-mini, gpt2-10m, llama-tiny, …).
         tokenizer: A registered tokenizer name (see `armm plugins`); vocab_size follows it.
+        data: A file, folder or glob to fit the tokenizer on first (for tokenizers that learn a vocabulary).
         seed: Seed of the random initialisation.
     """
     tok = get_plugins().tokenizers.get(tokenizer)()
+    if data is not None:
+        tok.fit(tok.read(data))
     torch.manual_seed(seed)
     model = Transformer(ModelConfig.from_name(preset, vocab_size=tok.vocab_size))
     save_model(model_dir, model, tok)

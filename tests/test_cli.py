@@ -17,6 +17,15 @@ def test_init_writes_a_loadable_model_with_the_tokenizer_vocabulary(model_dir):
     assert model.config.vocab_size == tokenizer.vocab_size == 259
 
 
+def test_init_fits_a_trainable_tokenizer_on_data_first(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text("the cat sat on the mat. " * 200)
+    main(["init", str(tmp_path / "m"), "--preset", "gpt2-tiny", "--tokenizer", "text-bpe", "--data",
+          str(tmp_path / "corpus.txt")])
+    model, tok = armm.load_model(tmp_path / "m")
+    assert tok.name == "text-bpe" and model.config.vocab_size == tok.vocab_size < 300
+    assert len(tok.encode("the cat sat on the mat.")) < 10  # merges were learned from the corpus
+
+
 def test_sample_prints_the_prompt_and_the_generated_continuation(model_dir, capsys):
     main(["sample", str(model_dir), "--prompt", "Hello", "--max-new-tokens", "12"])
     out = capsys.readouterr().out
