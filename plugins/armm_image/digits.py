@@ -1,0 +1,29 @@
+"""A built-in image dataset: scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), no download."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def load_digits_images(
+    size: int = 8, split: str = "train", seed: int = 0, test_fraction: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits as uint8 images [N, 1, size, size] (grey levels 0..16 scaled to 0..255) and int64 labels [N].
+
+    ``size`` > 8 upsamples with bicubic interpolation. ``split`` is "train" or "test": a fixed
+    ``test_fraction`` of the digits, drawn by a permutation seeded with ``seed``, is held out.
+    """
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float()[:, None] * (255 / 16)
+    if size != 8:
+        images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
+    images = images.round().clamp(0, 255).to(torch.uint8)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    num_test = round(len(images) * test_fraction)
+    chosen = order[:num_test] if split == "test" else order[num_test:]
+    return images[chosen], torch.from_numpy(digits.target)[chosen]

@@ -1,0 +1,70 @@
+"""Image files ↔ uint8 tensors [channels, height, width]: reading, converting, writing a PNG grid."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An 8-bit PNG or JPEG file → uint8 tensor [C, H, W] with its own channels (1 grey … 4 RGBA);
+    ValueError naming a corrupt file."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("L", "LA", "RGB", "RGBA"):  # palette, bilevel, CMYK…
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            pixels = np.array(image)
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable PNG or JPEG image ({err})") from None
+    return torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1).contiguous()
+
+
+def convert(image: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """A uint8 image [C, H, W] (or [H, W]) → ``channels`` (1 or 3) at ``size`` = (H, W).
+
+    Alpha is dropped, RGB → grey uses ITU-R 601 luma, grey → RGB repeats the channel, and a different
+    size is resized with antialiased bilinear interpolation.
+    """
+    from torchvision.transforms.v2 import functional as F
+
+    if not isinstance(image, torch.Tensor) or image.dtype != torch.uint8:
+        kind = f"{type(image).__name__} {getattr(image, 'dtype', '')}"
+        raise TypeError(f"images are torch.uint8 tensors [C, H, W], got {kind}")
+    if image.ndim == 2:
+        image = image[None]
+    if image.ndim != 3 or image.shape[0] not in (1, 2, 3, 4):
+        raise ValueError(f"images have shape [C, H, W] with C in 1..4, got {list(image.shape)}")
+    if image.shape[0] in (2, 4):
+        image = image[:-1]
+    if image.shape[0] != channels:
+        image = F.rgb_to_grayscale(image) if channels == 1 else image.expand(3, -1, -1)
+    if tuple(image.shape[1:]) != tuple(size):
+        image = F.resize(image, list(size), antialias=True)
+    return image.contiguous()
+
+
+def write_grid(
+    images: Sequence[torch.Tensor], path: str | Path, *, nrow: int | None = None, padding: int = 2, pad_value: int = 128
+) -> Path:
+    """Samples of one shape → one PNG at ``path`` (suffix forced to .png): a grid of ``nrow`` tiles a row
+    (default: as square as possible) separated by ``padding`` grey pixels; one sample is written as is."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    if not images:
+        raise ValueError("no images to write")
+    batch = torch.stack(list(images))
+    grid = make_grid(batch, nrow=nrow or math.ceil(math.sqrt(len(batch))), padding=padding, pad_value=pad_value)
+    if batch.shape[1] == 1:
+        grid = grid[:1]  # make_grid repeats grey into RGB; keep the PNG grey
+    path = Path(path).with_suffix(".png")
+    Image.fromarray(grid.permute(1, 2, 0).squeeze(2).numpy()).save(path, format="PNG")
+    return path

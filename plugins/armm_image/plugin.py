@@ -1,0 +1,11 @@
+"""Hook implementations of the image plugin. torchvision, PIL, sklearn and lightning load only when used."""
+
+import armm
+from armm_image.pixels import PixelTokenizer
+from armm_image.vq import VQTokenizer
+
+
+@armm.hookimpl
+def armm_register_tokenizers(register) -> None:
+    register(PixelTokenizer.name, PixelTokenizer)
+    register(VQTokenizer.name, VQTokenizer)

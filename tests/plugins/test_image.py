@@ -1,0 +1,426 @@
+"""The image plugin: pixel tokens (8-bit, fewer bits, k-means palette), VQ-VAE codes, PNG/JPEG reading, PNG grids."""
+
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+from armm.testing import TokenizerContract
+from armm_image import PixelTokenizer, VQTokenizer, load_digits_images
+from armm_image.metrics import code_usage, mse, psnr
+from armm_image.vqvae import VectorQuantizer
+
+VQ_OPTIONS = dict(size=8, channels=1, downsample=2, codebook_size=32, code_dim=8, hidden=32, res_blocks=1, seed=0)
+VQ_PSNR_BAR = 18.0  # dB on held-out 8x8 digits: the trained model reaches ~21, an untrained one ~7.5
+
+
+@pytest.fixture(scope="module")
+def digits() -> torch.Tensor:
+    return load_digits_images(8, "train")[0]
+
+
+@pytest.fixture(scope="module")
+def held_out() -> torch.Tensor:
+    return load_digits_images(8, "test")[0]
+
+
+@pytest.fixture(scope="module")
+def trained_vq(digits) -> VQTokenizer:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 8x8 convolutions train fastest on one thread, also on a busy machine
+    try:
+        tokenizer = VQTokenizer(**VQ_OPTIONS)
+        tokenizer.fit(digits, steps=300, batch_size=64, lr=2e-3, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def palette_tokenizer(digits) -> PixelTokenizer:
+    tokenizer = PixelTokenizer(size=8, channels=1, palette_size=8)
+    tokenizer.fit(digits)
+    return tokenizer
+
+
+def random_images(shape: tuple[int, ...], count: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator) for _ in range(count)]
+
+
+def uint8_images(shape: tuple[int, ...]) -> st.SearchStrategy:
+    size = torch.Size(shape).numel()
+
+    def as_image(data: bytes) -> torch.Tensor:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(shape)
+
+    return st.binary(min_size=size, max_size=size).map(as_image)
+
+
+def read_png(path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.array(Image.open(path))
+    return torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1)
+
+
+def write_png(image: torch.Tensor, path) -> None:
+    from PIL import Image
+
+    Image.fromarray(image.permute(1, 2, 0).squeeze(2).numpy()).save(path)
+
+
+class ImageContract(TokenizerContract):
+    write_round_trips = False  # all samples go into one PNG grid; see test_grid_* below
+
+    def assert_same_sample(self, actual, expected):
+        assert actual.dtype == torch.uint8 and torch.equal(actual, expected)
+
+
+# --- contract suites -------------------------------------------------------------------------------
+class TestPixelsContract(ImageContract):
+    @pytest.fixture
+    def tokenizer(self):
+        return PixelTokenizer(size=8, channels=1)
+
+    @pytest.fixture
+    def samples(self, digits):
+        return list(digits[:3])
+
+    def sample_strategy(self, tokenizer):
+        return uint8_images(tokenizer.shape)
+
+
+class TestFewerBitsContract(ImageContract):
+    lossless = False
+
+    @pytest.fixture
+    def tokenizer(self):
+        return PixelTokenizer(size=(4, 6), channels=3, bits=3)
+
+    @pytest.fixture
+    def samples(self):
+        return random_images((3, 4, 6))
+
+    def assert_same_sample(self, actual, expected):
+        assert actual.shape == expected.shape and actual.dtype == torch.uint8
+        assert (actual.int() - expected.int()).abs().max() <= 2 ** (8 - 3) // 2  # half a bin
+
+    def sample_strategy(self, tokenizer):
+        return uint8_images(tokenizer.shape)
+
+
+class TestPaletteContract(ImageContract):
+    lossless = False
+
+    @pytest.fixture
+    def tokenizer(self, palette_tokenizer):
+        return palette_tokenizer
+
+    @pytest.fixture
+    def samples(self, held_out):
+        return list(held_out[:3])
+
+    def assert_same_sample(self, actual, expected):
+        assert actual.shape == expected.shape and actual.dtype == torch.uint8
+        assert (actual.int() - expected.int()).abs().max() <= 24  # half the widest gap of the fitted 8 greys
+
+
+class TestVQContract(ImageContract):
+    lossless = False
+
+    @pytest.fixture
+    def tokenizer(self, trained_vq):
+        return trained_vq
+
+    @pytest.fixture
+    def samples(self, held_out):
+        return list(held_out[:4])
+
+    def assert_same_sample(self, actual, expected):
+        assert actual.shape == expected.shape and actual.dtype == torch.uint8
+        assert psnr(actual, expected) > VQ_PSNR_BAR - 4  # one image varies more than the held-out mean
+
+
+# --- image-pixels ----------------------------------------------------------------------------------
+def test_raster_order_is_row_major_with_channels_interleaved():
+    red = [[1, 4, 7], [10, 13, 16]]
+    green = [[2, 5, 8], [11, 14, 17]]
+    blue = [[3, 6, 9], [12, 15, 18]]
+    image = torch.tensor([red, green, blue], dtype=torch.uint8)
+    tokenizer = PixelTokenizer(size=(2, 3), channels=3)
+    assert tokenizer.encode(image) == list(range(1, 19))
+    assert torch.equal(tokenizer.decode(list(range(1, 19))), image)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_fewer_bits_keep_the_high_bits_and_decode_to_the_bin_centre(bits):
+    tokenizer = PixelTokenizer(size=16, channels=1, bits=bits)
+    image = torch.arange(256, dtype=torch.uint8).view(1, 16, 16)
+    width = 2 ** (8 - bits)
+    assert tokenizer.encode(image) == [value // width for value in range(256)]
+    centres = [value // width * width + width // 2 for value in range(256)]
+    assert tokenizer.decode(tokenizer.encode(image)).flatten().tolist() == centres
+    assert tokenizer.vocab_size == 2**bits + 3
+    assert tokenizer.special_tokens == {"bos": 2**bits, "eos": 2**bits + 1, "pad": 2**bits + 2}
+
+
+def test_units_are_dims_or_pixels_with_a_palette(palette_tokenizer, digits):
+    rgb = PixelTokenizer(size=8, channels=3)
+    assert (rgb.unit, rgb.num_units(torch.zeros(3, 8, 8, dtype=torch.uint8))) == ("dim", 192)
+    palette = palette_tokenizer
+    assert (palette.unit, palette.num_units(digits[0]), len(palette.encode(digits[0]))) == ("pixel", 64, 64)
+
+
+def test_palette_beats_uniform_quantisation_with_as_many_ids(palette_tokenizer, held_out):
+    three_bits = PixelTokenizer(size=8, channels=1, bits=3)  # also 8 ids a pixel
+    by_palette = torch.stack([palette_tokenizer.decode(palette_tokenizer.encode(x)) for x in held_out])
+    by_bits = torch.stack([three_bits.decode(three_bits.encode(x)) for x in held_out])
+    assert mse(by_palette, held_out) < 0.5 * mse(by_bits, held_out)
+    assert psnr(by_palette, held_out) > 29.0
+
+
+def brute_force_nearest(image: torch.Tensor, palette: list[list[int]]) -> list[int]:
+    channels, height, width = image.shape
+    ids = []
+    for y in range(height):
+        for x in range(width):
+            pixel = [int(image[c, y, x]) for c in range(channels)]
+            distances = [sum((p - q) ** 2 for p, q in zip(pixel, colour)) for colour in palette]
+            ids.append(distances.index(min(distances)))  # the first of equally near colours
+    return ids
+
+
+def test_palette_encode_picks_the_nearest_colour():
+    tokenizer = PixelTokenizer(size=(5, 7), channels=3, palette_size=16)
+    tokenizer.fit(random_images((3, 5, 7), count=20, seed=1))
+    assert tokenizer.palette.shape == (16, 3) and tokenizer.palette.dtype == torch.uint8
+    for image in random_images((3, 5, 7), count=3, seed=2):
+        ids = tokenizer.encode(image)
+        assert ids == brute_force_nearest(image, tokenizer.palette.tolist())
+        assert torch.equal(tokenizer.decode(ids), tokenizer.palette[ids].T.reshape(3, 5, 7))
+
+
+def test_palette_ties_go_to_the_first_colour():
+    tokenizer = PixelTokenizer(size=(1, 3), channels=1, palette_size=3)
+    tokenizer.palette = torch.tensor([[10], [10], [30]], dtype=torch.uint8)
+    image = torch.tensor([[[10, 20, 30]]], dtype=torch.uint8)
+    assert tokenizer.encode(image) == brute_force_nearest(image, [[10], [10], [30]]) == [0, 0, 2]
+
+
+def test_palette_must_be_fitted_and_fixed_vocabularies_cannot_be():
+    with pytest.raises(ValueError, match="call fit"):
+        PixelTokenizer(size=2, channels=1, palette_size=4).encode(torch.zeros(1, 2, 2, dtype=torch.uint8))
+    with pytest.raises(NotImplementedError, match="image-pixels"):
+        PixelTokenizer(size=2, channels=1).fit([torch.zeros(1, 2, 2, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="bits"):
+        PixelTokenizer(bits=4, palette_size=16)
+
+
+@pytest.mark.parametrize("make", [lambda: PixelTokenizer(size=8, channels=1), lambda: VQTokenizer(**VQ_OPTIONS)])
+def test_decode_skips_specials_then_pads_with_zeros_or_truncates(make, held_out):
+    tokenizer = make()
+    ids = tokenizer.encode(held_out[0])
+    n, special = tokenizer.sequence_length, tokenizer.special_tokens
+    assert len(ids) == n
+    assert torch.equal(tokenizer.decode([special["bos"], *ids, special["eos"], special["pad"]]), tokenizer.decode(ids))
+    assert torch.equal(tokenizer.decode(ids[:5]), tokenizer.decode(ids[:5] + [0] * (n - 5)))
+    assert torch.equal(tokenizer.decode(ids + ids[:7]), tokenizer.decode(ids))
+    assert tokenizer.decode([]).shape == tokenizer.shape
+
+
+def test_encode_names_the_expected_shape_and_how_to_convert():
+    tokenizer = PixelTokenizer(size=8, channels=1)
+    with pytest.raises(ValueError, match=r"\[1, 8, 8\].*prepare"):
+        tokenizer.encode(torch.zeros(3, 8, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="uint8"):
+        tokenizer.encode(torch.zeros(1, 8, 8))
+    assert tokenizer.prepare(torch.full((3, 16, 16), 7, dtype=torch.uint8)).shape == (1, 8, 8)
+
+
+def test_default_tokenizers_are_32px_rgb():
+    image = random_images((3, 32, 32), count=1)[0]
+    pixels, vq = PixelTokenizer(), VQTokenizer()
+    assert (len(pixels.encode(image)), pixels.vocab_size) == (3072, 259)
+    assert (len(vq.encode(image)), vq.vocab_size, vq.num_units(image)) == (64, 515, 3072)
+
+
+# --- reading and writing ---------------------------------------------------------------------------
+def flat_image(colour: list[int], height: int, width: int) -> torch.Tensor:
+    return torch.tensor(colour, dtype=torch.uint8).view(-1, 1, 1).expand(-1, height, width).contiguous()
+
+
+def test_read_converts_channels_and_size(tmp_path, digits):
+    from PIL import Image
+
+    write_png(digits[0], tmp_path / "a_digit.png")
+    write_png(flat_image([200, 100, 50], 16, 16), tmp_path / "b_rgb.png")
+    Image.new("RGBA", (8, 8), (10, 20, 30, 0)).save(tmp_path / "c_rgba.png")
+    Image.new("RGB", (24, 24), (90, 90, 90)).save(tmp_path / "d_grey.jpg", quality=95)
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    grey = PixelTokenizer(size=8, channels=1).read(tmp_path)
+    assert len(grey) == 4 and all(image.shape == (1, 8, 8) and image.dtype == torch.uint8 for image in grey)
+    assert torch.equal(grey[0], digits[0])  # PNG is lossless and the size already fits
+    luma = 0.299 * 200 + 0.587 * 100 + 0.114 * 50
+    assert (grey[1].float() - luma).abs().max() <= 1  # ITU-R 601 grey, resizing a flat image keeps it flat
+    assert (grey[3].int() - 90).abs().max() <= 2  # JPEG is lossy
+
+    rgb = PixelTokenizer(size=4, channels=3).read(tmp_path / "*.png")
+    assert [image.shape for image in rgb] == [(3, 4, 4)] * 3
+    assert torch.equal(rgb[2], flat_image([10, 20, 30], 4, 4))  # alpha dropped
+    assert torch.equal(rgb[0][0], rgb[0][1]) and torch.equal(rgb[0][1], rgb[0][2])  # grey repeated
+
+
+def test_read_names_a_corrupt_file_and_a_folder_without_images(tmp_path):
+    tokenizer = PixelTokenizer(size=8, channels=1)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        tokenizer.read(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match=str(empty)):
+        tokenizer.read(empty)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_grid_puts_each_sample_in_its_tile(tmp_path, channels):
+    samples = random_images((channels, 8, 8), count=10)
+    [path] = PixelTokenizer(size=8, channels=channels).write(samples, tmp_path / "grid.anything", nrow=5)
+    assert path == tmp_path / "grid.png"
+    grid = read_png(path)
+    padding, tile = 2, 8 + 2
+    assert grid.shape == (channels, 2 * tile + padding, 5 * tile + padding)
+    covered = torch.zeros(grid.shape[1:], dtype=torch.bool)
+    for k, sample in enumerate(samples):
+        y, x = padding + (k // 5) * tile, padding + (k % 5) * tile
+        assert torch.equal(grid[:, y : y + 8, x : x + 8], sample)
+        covered[y : y + 8, x : x + 8] = True
+    assert (grid[:, ~covered] == 128).all()  # grey padding between tiles
+
+
+def test_one_written_sample_reads_back_exactly(tmp_path):
+    tokenizer = PixelTokenizer(size=(5, 7), channels=3)
+    [image] = random_images((3, 5, 7), count=1)
+    [path] = tokenizer.write([image], tmp_path / "one")
+    assert torch.equal(tokenizer.read(path)[0], image)
+
+
+# --- digits dataset --------------------------------------------------------------------------------
+def test_digits_split_is_a_deterministic_partition_of_the_scaled_dataset():
+    from sklearn.datasets import load_digits
+
+    train, train_labels = load_digits_images(8, "train", seed=3)
+    test, test_labels = load_digits_images(8, "test", seed=3)
+    assert train.shape == (1438, 1, 8, 8) and test.shape == (359, 1, 8, 8) and train.dtype == torch.uint8
+    reference = load_digits()
+    scaled = Counter(
+        (bytes(int(v * 255 / 16 + 0.5) for v in image.flatten()), int(label))
+        for image, label in zip(reference.images, reference.target)
+    )
+    ours = Counter(
+        (bytes(image.flatten().tolist()), int(label))
+        for image, label in zip([*train, *test], [*train_labels, *test_labels])
+    )
+    assert ours == scaled
+    assert torch.equal(load_digits_images(8, "test", seed=3)[0], test)
+    assert not torch.equal(load_digits_images(8, "test", seed=4)[0], test)
+
+
+def test_upscaled_digits_average_back_to_the_originals():
+    small, labels = load_digits_images(8, "test")
+    large, large_labels = load_digits_images(32, "test")
+    assert large.shape == (359, 1, 32, 32) and torch.equal(labels, large_labels)
+    error = (F.avg_pool2d(large.float(), 4) - small.float()).abs().mean()
+    assert error < 16  # 11 as made; 92 if transposed, 64 if shifted by a pixel
+
+
+# --- image-vq --------------------------------------------------------------------------------------
+def test_trained_vq_passes_the_reconstruction_bar_and_an_untrained_one_fails(trained_vq, held_out):
+    untrained = VQTokenizer(**VQ_OPTIONS)
+    trained_psnr = psnr(trained_vq.reconstruct(trained_vq.codes(held_out)), held_out)
+    untrained_psnr = psnr(untrained.reconstruct(untrained.codes(held_out)), held_out)
+    assert trained_psnr > VQ_PSNR_BAR > untrained_psnr
+
+
+def test_trained_vq_uses_most_of_its_codebook(trained_vq, held_out):
+    used, perplexity = code_usage(trained_vq.codes(held_out), trained_vq.num_codes)
+    assert used >= 0.75 and perplexity >= trained_vq.num_codes / 4
+
+
+def test_vq_encode_is_the_nearest_code_of_each_cell_in_raster_order(trained_vq, held_out):
+    image = held_out[0]
+    with torch.no_grad():
+        z = trained_vq.model.encoder(image[None].float() / 127.5 - 1)[0]
+    codebook = trained_vq.model.quantizer.codebook
+    expected = []
+    for y in range(z.shape[1]):
+        for x in range(z.shape[2]):
+            distances = [((z[:, y, x] - code) ** 2).sum().item() for code in codebook]
+            expected.append(distances.index(min(distances)))
+    assert trained_vq.encode(image) == expected
+
+
+def test_ema_step_with_no_memory_moves_each_used_code_to_the_mean_of_its_vectors():
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(codebook_size=6, dim=3, decay=0.0, dead_code_threshold=0.5).train()
+    z = torch.randn(2, 3, 4, 4)
+    codes = quantizer.codes(z).flatten()
+    vectors = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    quantizer(z)
+    for k in range(6):
+        if (codes == k).any():
+            torch.testing.assert_close(quantizer.codebook[k], vectors[codes == k].mean(0), rtol=1e-4, atol=1e-4)
+        else:  # a dead code restarts at one of the batch's vectors
+            assert (quantizer.codebook[k] == vectors).all(dim=1).any()
+
+
+def test_straight_through_gradients_reach_the_encoder():
+    tokenizer = VQTokenizer(**VQ_OPTIONS)
+    images = load_digits_images(8, "test")[0][:8].float() / 127.5 - 1
+    reconstruction, _, _ = tokenizer.model.train()(images)
+    F.mse_loss(reconstruction, images).backward()  # the commitment loss alone would reach the encoder anyway
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tokenizer.model.encoder.parameters())
+
+
+def test_vq_saves_safetensors_and_json_only(trained_vq, held_out, tmp_path):
+    trained_vq.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image_vq.json", "image_vq.safetensors"]
+    loaded = VQTokenizer.load(tmp_path)
+    ids = trained_vq.encode(held_out[1])
+    assert torch.equal(loaded.decode(ids), trained_vq.decode(ids))
+    (tmp_path / "image_vq.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="image_vq.safetensors"):
+        VQTokenizer.load(tmp_path)
+
+
+def test_vq_fit_is_quiet_and_checks_its_schedule(digits, capfd):
+    tokenizer = VQTokenizer(**VQ_OPTIONS)
+    tokenizer.fit(digits[:16], steps=1, batch_size=8)
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert not tokenizer.model.training
+    with pytest.raises(ValueError, match="exactly one of steps or epochs"):
+        tokenizer.fit(digits[:16], steps=None)
+
+
+def test_vq_rejects_a_size_the_downsampling_does_not_divide():
+    with pytest.raises(ValueError, match="divisible by downsample=4"):
+        VQTokenizer(size=10, downsample=4)
+    with pytest.raises(ValueError, match="power of two"):
+        VQTokenizer(size=12, downsample=3)
+
+
+def test_loading_the_plugin_imports_no_image_libraries():
+    code = (
+        "import sys, armm; armm.get_plugins().tokenizers.get('image-vq'); "
+        "print(sorted(m for m in ('torchvision', 'PIL', 'sklearn', 'lightning') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
