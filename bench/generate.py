@@ -16,6 +16,7 @@ This is a benchmark, not a test: it asserts nothing and always exits 0 unless so
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -95,6 +96,24 @@ def uncached_step_ms(model: Transformer, batch: int, position: int, repeats: int
     return median_time(step, repeats)[0] * 1e3
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (Unix only): other busy processes make these timings meaningless."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def warn_if_busy(when: str) -> None:
+    """Warn when other processes share the cores. At the end, this run's own threads are part of the load."""
+    load, cpus = load_average(), os.cpu_count() or 1
+    own = 0 if when == "start" else torch.get_num_threads()
+    if load is not None and load > own + 0.25 * cpus + 0.5:
+        print(f"WARNING ({when}): 1-min load average {load:.1f} on {cpus} CPU(s) (this run: {own} thread(s)): "
+              f"other processes are competing for the cores, so timings are inflated and noisy "
+              f"(especially with more than one thread); rerun on an idle machine.", flush=True)
+
+
 # --- output ----------------------------------------------------------------------------------------
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     """A Markdown pipe table (readable in a terminal, pastes straight into docs)."""
@@ -147,11 +166,15 @@ def main() -> None:
 
     print(f"armm {armm.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
           f"{platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"threads: {torch.get_num_threads()} intra-op (os.cpu_count()={__import__('os').cpu_count()})")
+    load = load_average()
+    print(f"threads: {torch.get_num_threads()} intra-op, os.cpu_count()={os.cpu_count()}, "
+          f"1-min load average before start: {'n/a' if load is None else f'{load:.2f}'}")
     print(f"model: {args.preset}, max_seq_len={config.max_seq_len}, {model.num_params() / 1e6:.2f}M parameters "
           f"({model.num_params(non_embedding=False) / 1e6:.2f}M with position embeddings), float32, CPU")
     print(f"greedy, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens; median of {args.repeats} "
           f"run(s) (uncached throughput: {args.uncached_repeats}) after a warm-up run\n")
+
+    warn_if_busy("start")
 
     # --- 1. throughput -----------------------------------------------------------------------------
     rows = []
@@ -178,6 +201,7 @@ def main() -> None:
           "cached time includes the prompt prefill.\n")
 
     if args.skip_positions:
+        warn_if_busy("end")
         return
 
     # --- 2. cost of one decode step, early vs late -------------------------------------------------
@@ -195,6 +219,7 @@ def main() -> None:
     print(f"\ncached: median of {args.step_window} single-token steps around each position "
           f"(model(token, start=slot) on a prefilled cache) x {args.repeats} repeats; "
           f"uncached: one full forward over that many tokens, median of {args.repeats}.")
+    warn_if_busy("end")
 
 
 if __name__ == "__main__":
