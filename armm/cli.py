@@ -28,12 +28,12 @@ console = Console()
 
 
 def plugins() -> None:
-    """List every registered tokenizer and sampler with the distribution that provides it."""
+    """List every registered tokenizer, sampler and dataset with the distribution that provides it."""
     registries = get_plugins()
     table = Table(title="armm plugins")
     for column in ("kind", "name", "provided by"):
         table.add_column(column)
-    for registry in (registries.tokenizers, registries.samplers):
+    for registry in (registries.tokenizers, registries.samplers, registries.datasets):
         for entry in registry:
             table.add_row(registry.kind, entry.name, entry.provider)
     console.print(table)
@@ -84,7 +84,7 @@ def sample(
             required for modalities whose samples are not text.
     """
     model, tok = _load(model_dir)
-    ids = _encode(tok, prompt)
+    ids = _prompt_ids(tok, prompt)
     stops = [tok.eos_id] if tok.eos_id is not None else []
     seeds = None if seed is None else [seed + i for i in range(num_samples)]
     if stream and output is None:
@@ -125,7 +125,7 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None) ->
         raise ValueError("give exactly one of --text or --file")
     model, tok = _load(model_dir)
     samples = [text] if text is not None else tok.read(file)
-    results = [score_ids(model, _encode(tok, s)) for s in samples]
+    results = [score_ids(model, _sample_ids(tok, s)) for s in samples]
     log_likelihood = sum(r.log_likelihood for r in results)
     tokens = sum(r.num_tokens for r in results)
     units = sum(tok.num_units(s) for s in samples)
@@ -149,14 +149,17 @@ def _load(model_dir: Path) -> tuple[Transformer, Tokenizer]:
     return model, tok
 
 
-def _encode(tok: Tokenizer, sample) -> list[int]:
-    """bos, then the sample's ids; an empty prompt is bos alone (how non-text modalities start)."""
-    bos = [tok.bos_id] if tok.bos_id is not None else []
-    if isinstance(sample, str) and not sample:
-        if not bos:
-            raise ValueError(f"tokenizer {tok.name!r} has no bos token, so generation needs a non-empty --prompt")
-        return bos
-    return bos + tok.encode(sample)
+def _prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
+    """bos, then the prompt as the plugin reads it; an empty prompt is bos alone."""
+    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(prompt)
+    if not ids:
+        raise ValueError(f"tokenizer {tok.name!r} has no bos token, so generation needs a non-empty --prompt")
+    return ids
+
+
+def _sample_ids(tok: Tokenizer, sample) -> list[int]:
+    """bos, then the sample's ids: what scoring conditions on and scores."""
+    return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(sample)
 
 
 def _decode_stream(tok: Tokenizer, tokens: Iterator[int | None]) -> Iterator[str]:
@@ -195,10 +198,18 @@ def _normalise_args(argv: list[str]) -> list[str]:
 COMMANDS = [plugins, init, sample, score]
 
 
+TRAINING_COMMANDS = ("fit", "validate")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _normalise_args(sys.argv[1:] if argv is None else argv)
     try:
-        CLI(COMMANDS, args=args, as_positional=True)
+        if args and args[0] in TRAINING_COMMANDS:
+            from armm.training.cli import run_training_cli  # Lightning loads only for training
+
+            run_training_cli(args)
+        else:
+            CLI(COMMANDS, args=args, as_positional=True)
     except (ValueError, FileNotFoundError, PluginError) as err:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None

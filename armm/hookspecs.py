@@ -39,3 +39,13 @@ def armm_register_samplers(register: Callable[[str, Callable[..., Any]], None]) 
     ``(logits [B, V], tokens [B, T]) -> logits`` that sets removed entries to ``-inf``; it is what a
     sampler spec item ``name=value`` builds. ``tokens`` is left-padded with ``-1``.
     """
+
+
+@hookspec
+def armm_register_datasets(register: Callable[[str, Callable[..., Any]], None]) -> None:
+    """Register built-in datasets that need no download: call ``register(name, load)`` once per dataset.
+
+    ``load(tokenizer)`` returns a list of samples of the tokenizer's modality (it may use the
+    tokenizer's settings, e.g. an image size or an audio sample rate). Recipes name a dataset with
+    ``data.dataset: NAME``; ``armm plugins`` lists them.
+    """

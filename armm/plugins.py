@@ -41,12 +41,14 @@ class Plugins:
 
     tokenizers: Registry
     samplers: Registry
+    datasets: Registry
 
     @classmethod
     def from_manager(cls, pm: pluggy.PluginManager) -> Plugins:
         return cls(
             tokenizers=_collect(pm, "armm_register_tokenizers", Registry("tokenizer")),
             samplers=_collect(pm, "armm_register_samplers", Registry("sampler")),
+            datasets=_collect(pm, "armm_register_datasets", Registry("dataset")),
         )
 
 

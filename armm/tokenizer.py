@@ -79,6 +79,23 @@ class Tokenizer(ABC):
         """How many ``unit``s a sample holds (bytes, residues, pixel values, audio samples)."""
         return len(self.encode(sample))
 
+    @property
+    def needs_fit(self) -> bool:
+        """True while a trainable tokenizer has no vocabulary yet (training fits it first)."""
+        return False
+
+    def encode_document(self, sample: Any) -> list[int]:
+        """A training document: bos, the sample's ids, eos. Plugins may add training-time transforms
+        (fill-in-the-middle, a class token before an image)."""
+        bos = [self.bos_id] if self.bos_id is not None else []
+        eos = [self.eos_id] if self.eos_id is not None else []
+        return bos + self.encode(sample) + eos
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The ids a generation starts from, after bos: a text prompt's ids by default, none for ``""``.
+        Plugins whose samples are not text may read prompts their own way (e.g. ``"7"`` → a class token)."""
+        return self.encode(prompt) if prompt else []
+
     def fit(self, samples: Iterable[Any]) -> None:
         """Learn the vocabulary from samples; only trainable tokenizers override this."""
         raise NotImplementedError(f"tokenizer {self.name!r} has a fixed vocabulary and cannot be fitted")

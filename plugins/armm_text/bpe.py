@@ -147,6 +147,10 @@ class BPETokenizer(Tokenizer):
             self._vocabulary.backend.encode_special_tokens = True
 
     @property
+    def needs_fit(self) -> bool:
+        return self._vocabulary is None
+
+    @property
     def vocabulary(self) -> Vocabulary:
         """The fitted or loaded vocabulary; a clear error telling how to get one before that."""
         if self._vocabulary is None:

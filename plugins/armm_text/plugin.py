@@ -2,8 +2,14 @@
 
 import armm
 from armm_text.bpe import BPETokenizer
+from armm_text.datasets import pydoc_topics
 
 
 @armm.hookimpl
 def armm_register_tokenizers(register) -> None:
     register(BPETokenizer.name, BPETokenizer)
+
+
+@armm.hookimpl
+def armm_register_datasets(register) -> None:
+    register("pydoc-topics", pydoc_topics)

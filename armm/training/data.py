@@ -1,0 +1,267 @@
+"""Data for training: read through the modality plugin, tokenise once into a memory-mapped cache, serve windows.
+
+Two layouts:
+
+- ``packed`` (text, code, protein): every document becomes ``bos … eos`` and all of them are concatenated
+  into one token stream; training draws windows of ``seq_len + 1`` tokens from it.
+- ``samples`` (images, audio clips): every document is one row of exactly ``seq_len + 1`` tokens,
+  right-padded with the pad id, whose targets are ignored.
+
+The cache (``cache_dir/<key>/``) holds ``train.bin`` / ``val.bin`` (``numpy.memmap``), ``meta.json`` and the
+fitted tokenizer, keyed by the tokenizer, its options and the data; a second run skips tokenisation.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from armm.plugins import get_plugins
+from armm.tokenizer import Tokenizer
+
+IGNORE_INDEX = -100
+Layout = Literal["packed", "samples"]
+
+
+class PackedWindows(Dataset):
+    """Windows of a token stream: item ``i`` is the stream at ``i * stride`` .. ``+ seq_len + 1``."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, stride: int) -> None:
+        self.tokens, self.seq_len, self.stride = tokens, seq_len, stride
+
+    def __len__(self) -> int:
+        return max(0, (len(self.tokens) - self.seq_len - 1) // self.stride + 1)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        window = torch.from_numpy(self.tokens[i * self.stride:i * self.stride + self.seq_len + 1].astype(np.int64))
+        return {"input_ids": window[:-1], "targets": window[1:]}
+
+
+class PaddedSamples(Dataset):
+    """Rows of ``seq_len + 1`` tokens; positions whose target is the pad id are ignored by the loss."""
+
+    def __init__(self, rows: np.ndarray, pad_id: int) -> None:
+        self.rows, self.pad_id = rows, pad_id
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = torch.from_numpy(self.rows[i].astype(np.int64))
+        targets = row[1:].masked_fill(row[1:] == self.pad_id, IGNORE_INDEX)
+        return {"input_ids": row[:-1].masked_fill(row[:-1] == self.pad_id, 0), "targets": targets}
+
+
+class ResumableSampler(Sampler[int]):
+    """Endless shuffled passes over ``size`` items, reproducible from ``seed``, starting after ``start`` items.
+
+    A resumed run passes ``start`` = items this rank already consumed, so it continues the exact order of an
+    uninterrupted run. Rank ``r`` of ``world`` takes items ``r, r + world, …`` of the shared order.
+    """
+
+    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.size, self.seed, self.start, self.rank, self.world = size, seed, start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        position = self.start * self.world + self.rank
+        epoch, order = -1, None
+        while True:
+            if position // self.size != epoch:
+                epoch = position // self.size
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+            yield int(order[position % self.size])
+            position += self.world
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Reads a dataset through a tokenizer plugin, tokenises it once into a cache, and serves training windows.
+
+    Args:
+        tokenizer: A registered tokenizer name (see ``armm plugins``).
+        tokenizer_options: Keyword arguments for the tokenizer (e.g. ``vocab_size`` of a BPE, image ``size``).
+        tokenizer_dir: A saved tokenizer folder to use instead of fitting one (for trainable tokenizers).
+        dataset: A registered built-in dataset (no download), used when ``path`` is not given.
+        path: A file, folder or glob of raw data, read by the tokenizer plugin.
+        layout: ``packed`` token stream (text-like) or fixed-length ``samples`` (images, audio clips).
+        seq_len: Tokens per training window (the model's context must be at least this).
+        batch_size: Windows per batch (per device).
+        val_fraction: Share of documents held out for validation (of the token stream when there is one document).
+        cache_dir: Where tokenised data is cached.
+        num_workers: DataLoader worker processes.
+        seed: Seed of the split and of the window order.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str = "bytes",
+        tokenizer_options: dict[str, Any] | None = None,
+        tokenizer_dir: Path | None = None,
+        dataset: str | None = None,
+        path: str | None = None,
+        layout: Layout = "packed",
+        seq_len: int = 256,
+        batch_size: int = 16,
+        val_fraction: float = 0.05,
+        cache_dir: Path = Path("runs/cache"),
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if (dataset is None) == (path is None):
+            raise ValueError("give exactly one of data.dataset (a built-in dataset, see `armm plugins`) or data.path")
+        if layout not in ("packed", "samples"):
+            raise ValueError(f"data.layout must be 'packed' or 'samples', got {layout!r}")
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"data.seq_len and data.batch_size must be >= 1, got {seq_len} and {batch_size}")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        plugins = get_plugins()
+        self.tokenizer_class = plugins.tokenizers.get(tokenizer)
+        self.tokenizer_options = dict(tokenizer_options or {})
+        if dataset is not None:
+            plugins.datasets.get(dataset)  # unknown names fail now, naming the available ones
+        elif not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
+            raise FileNotFoundError(f"data.path {path} does not exist (give a file, a folder or a glob)")
+        self.tokenizer_name, self.tokenizer_dir, self.dataset, self.path = tokenizer, tokenizer_dir, dataset, path
+        self.layout, self.seq_len, self.batch_size = layout, seq_len, batch_size
+        self.val_fraction, self.cache_dir, self.num_workers, self.seed = val_fraction, Path(cache_dir), num_workers, seed
+        self.tokenizer: Tokenizer | None = None
+        self.meta: dict[str, Any] = {}
+
+    # --- preparing the cache -------------------------------------------------------------------------
+    @property
+    def cache_path(self) -> Path:
+        """``cache_dir/<key>``: the key covers the tokenizer, its options, the data and the split."""
+        source = self.dataset if self.dataset is not None else _describe_files(self.path)
+        key = json.dumps([self.tokenizer_name, self.tokenizer_options, str(self.tokenizer_dir), source, self.layout,
+                          self.seq_len if self.layout == "samples" else None, self.val_fraction, self.seed],
+                         sort_keys=True, default=str)
+        return self.cache_dir / f"{self.tokenizer_name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+    def prepare_data(self) -> None:
+        """Read, split, fit the tokenizer if it learns one, tokenise, and write the cache (once, on one process)."""
+        cache = self.cache_path
+        if (cache / "meta.json").is_file():
+            return
+        samples = self._read_samples()
+        train, val = self._split(samples)
+        tokenizer = self._make_tokenizer()
+        if tokenizer.needs_fit:
+            tokenizer.fit(train)
+        tmp = cache.with_name(cache.name + ".tmp")
+        (tmp / "tokenizer").mkdir(parents=True, exist_ok=True)
+        tokenizer.save(tmp / "tokenizer")
+        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+        meta: dict[str, Any] = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.__name__}
+        for split, docs in (("train", train), ("val", val)):
+            encoded = [tokenizer.encode_document(doc) for doc in docs]
+            array = self._layout_tokens(encoded, tokenizer)
+            np.save(tmp / f"{split}.npy", array.astype(dtype))
+            meta[split] = {
+                "documents": len(docs), "tokens": int(sum(len(e) for e in encoded)),
+                "units": int(sum(tokenizer.num_units(doc) for doc in docs)),
+            }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.replace(cache)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        cache = self.cache_path
+        if not (cache / "meta.json").is_file():
+            self.prepare_data()
+        self.meta = json.loads((cache / "meta.json").read_text())
+        self.tokenizer = self.tokenizer_class.load(cache / "tokenizer")
+        self.train_tokens = np.load(cache / "train.npy", mmap_mode="r")
+        self.val_tokens = np.load(cache / "val.npy", mmap_mode="r")
+        for split, array in (("train", self.train_tokens), ("val", self.val_tokens)):
+            if len(self._dataset(array, stride=self.seq_len)) == 0:
+                raise ValueError(
+                    f"the {split} split has {array.size} tokens, too few for one window of data.seq_len={self.seq_len} "
+                    f"+ 1; add data, lower data.seq_len or change data.val_fraction"
+                )
+
+    @property
+    def units_per_token(self) -> float:
+        """Modality units (bytes, residues, pixel values, audio samples) per scored validation token."""
+        return self.meta["val"]["units"] / self.meta["val"]["tokens"]
+
+    # --- loaders ---------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset(self.train_tokens, stride=1 if self.layout == "packed" else self.seq_len)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        consumed = trainer.global_step * trainer.accumulate_grad_batches * self.batch_size if trainer is not None else 0
+        sampler = ResumableSampler(len(dataset), self.seed, start=consumed, rank=rank, world=world)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self._dataset(self.val_tokens, stride=self.seq_len)  # disjoint windows cover the split once
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def _make_tokenizer(self) -> Tokenizer:
+        if self.tokenizer_dir is not None:
+            return self.tokenizer_class.load(self.tokenizer_dir)
+        return self.tokenizer_class(**self.tokenizer_options)
+
+    def _read_samples(self) -> list[Any]:
+        if self.dataset is not None:
+            samples = get_plugins().datasets.get(self.dataset)(self._make_tokenizer())
+        else:
+            samples = self._make_tokenizer().read(self.path)
+        if not samples:
+            raise ValueError(f"the dataset {self.dataset or self.path} is empty: it holds no samples")
+        return samples
+
+    def _split(self, samples: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Hold out ``val_fraction`` of the documents (at least one), chosen by the seed."""
+        if len(samples) < 2:
+            raise ValueError(
+                f"the dataset {self.dataset or self.path} holds 1 sample; a validation split needs at least 2 "
+                "(split the text into several files, or use more data)"
+            )
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        n_val = max(1, round(len(samples) * self.val_fraction))
+        return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
+
+    def _layout_tokens(self, encoded: list[list[int]], tokenizer: Tokenizer) -> np.ndarray:
+        if self.layout == "packed":
+            return np.fromiter((t for doc in encoded for t in doc), dtype=np.int64)
+        width = self.seq_len + 1
+        too_long = [len(doc) for doc in encoded if len(doc) > width]
+        if too_long:
+            raise ValueError(
+                f"a sample is {max(too_long)} tokens long (bos and eos included) but data.seq_len + 1 = {width}; "
+                f"raise data.seq_len (and the model's max_seq_len) or make the samples smaller"
+            )
+        if tokenizer.pad_id is None:
+            raise ValueError(f"layout 'samples' needs a pad token, and tokenizer {tokenizer.name!r} has none")
+        rows = np.full((len(encoded), width), tokenizer.pad_id, dtype=np.int64)
+        for row, doc in zip(rows, encoded):
+            row[:len(doc)] = doc
+        return rows
+
+    def _dataset(self, array: np.ndarray, stride: int) -> Dataset:
+        if self.layout == "packed":
+            return PackedWindows(array, self.seq_len, stride)
+        return PaddedSamples(array, self.tokenizer.pad_id)
+
+
+def _describe_files(path: str | None) -> list[tuple[str, int, int]]:
+    """Every file under ``path`` with its size and modification time, so the cache notices changed data."""
+    matches = [Path(path)] if Path(path).is_file() else sorted(
+        p for p in (Path(path).rglob("*") if Path(path).is_dir() else map(Path, glob.glob(str(path), recursive=True)))
+        if p.is_file()
+    )
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in matches]

@@ -1,0 +1,158 @@
+"""The LightningModule: next-token cross-entropy over the core ``Transformer``, AdamW, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import instantiate_class
+from torch import Tensor
+
+from armm.config import ModelConfig
+from armm.model import Transformer
+from armm.training.data import IGNORE_INDEX
+
+DEFAULT_OPTIMIZER = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.1}}
+
+
+class ARModule(L.LightningModule):
+    """Trains a ``Transformer`` to predict each next token (teacher forcing; ignored targets are masked).
+
+    Args:
+        preset: A ``ModelConfig`` preset name (see ``armm.PRESETS``).
+        overrides: ``ModelConfig`` fields that replace the preset's (e.g. ``{n_layer: 6, max_seq_len: 512}``).
+        vocab_size: Normally left unset: it is taken from the data module's tokenizer.
+        optimizer: ``{class_path, init_args}`` of the optimizer (AdamW by default); weight decay applies to
+            matrices and embeddings only, never to biases and norms.
+        warmup_steps: Linear warmup of the learning rate from 0.
+        min_lr_ratio: The cosine decay ends at this fraction of the peak learning rate, at the last step.
+        scheduled_sampling: Highest probability of replacing an input token by the model's own prediction
+            (0 = plain teacher forcing); it ramps up linearly over ``scheduled_sampling_ramp`` steps.
+        scheduled_sampling_ramp: Steps over which the replacement probability grows from 0 to its highest value.
+        compile: Compile the model with ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        preset: str = "gpt2-mini",
+        overrides: dict[str, Any] | None = None,
+        vocab_size: int | None = None,
+        optimizer: dict[str, Any] | None = None,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        scheduled_sampling: float = 0.0,
+        scheduled_sampling_ramp: int = 1000,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= scheduled_sampling <= 1.0:
+            raise ValueError(f"model.scheduled_sampling must be in [0, 1], got {scheduled_sampling}")
+        if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1]")
+        self.save_hyperparameters()
+        self.config = ModelConfig.from_name(preset, **(overrides or {}), **({"vocab_size": vocab_size} if vocab_size else {}))
+        self.net: Transformer | None = Transformer(self.config) if vocab_size else None
+        self.units_per_token = 1.0
+
+    # --- building the network once the tokenizer is known ------------------------------------------------
+    def configure_model(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None:
+            datamodule.setup("fit")
+            self.units_per_token = datamodule.units_per_token
+            check_fits(self.config, datamodule.seq_len)
+        if self.net is not None:
+            return
+        if datamodule is None:
+            raise ValueError("the model's vocab_size is unknown: pass vocab_size, or train with a TokenDataModule")
+        self.hparams["vocab_size"] = datamodule.tokenizer.vocab_size  # so checkpoints rebuild the same network
+        self.config = ModelConfig.from_dict({**self.config.to_dict(), "vocab_size": datamodule.tokenizer.vocab_size})
+        self.net = Transformer(self.config)
+        if self.hparams.compile:
+            self.net = torch.compile(self.net)
+
+    @property
+    def transformer(self) -> Transformer:
+        """The (uncompiled) core model, for export and generation."""
+        return getattr(self.net, "_orig_mod", self.net)
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.net(input_ids)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        inputs = batch["input_ids"]
+        probability = self.scheduled_sampling_probability()
+        if probability > 0:
+            inputs = self.mix_in_predictions(inputs, batch["targets"], probability)
+            self.log("train/scheduled_sampling", probability)
+        loss = self.loss(self(inputs), batch["targets"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (summed nats, tokens)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        targets = batch["targets"]
+        tokens = (targets != IGNORE_INDEX).sum()
+        self._val_sums += torch.stack([self.loss(self(batch["input_ids"]), targets) * tokens, tokens]).double()
+
+    def on_validation_epoch_end(self) -> None:
+        nats, tokens = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist()
+        loss = nats / max(tokens, 1)
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", math.exp(min(loss, 50.0)))
+        self.log("val/bpu", loss / math.log(2) / self.units_per_token, prog_bar=True)
+
+    # --- scheduled sampling (Bengio et al. 2015) -----------------------------------------------------------
+    def scheduled_sampling_probability(self) -> float:
+        top, ramp = self.hparams.scheduled_sampling, self.hparams.scheduled_sampling_ramp
+        return top * min(1.0, self.global_step / ramp) if ramp > 0 else top
+
+    @torch.no_grad()
+    def mix_in_predictions(self, inputs: Tensor, targets: Tensor, probability: float) -> Tensor:
+        """Replace each input token after the first, with ``probability``, by a token sampled from the model's
+        prediction for that position (from a first, teacher-forced pass). Ignored positions stay."""
+        predicted = torch.distributions.Categorical(logits=self(inputs).float()).sample()  # (B, T): guess for t+1
+        replace = torch.rand(inputs.shape, device=inputs.device) < probability
+        replace[:, 0] = False  # the first token is never predicted
+        replace[:, 1:] &= targets[:, :-1] != IGNORE_INDEX
+        mixed = inputs.clone()
+        mixed[:, 1:] = torch.where(replace[:, 1:], predicted[:, :-1], inputs[:, 1:])
+        return mixed
+
+    # --- optimisation --------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings
+        no_decay = [p for p in params if p.dim() < 2]  # biases and norm gains
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = instantiate_class(groups, self.hparams.optimizer or DEFAULT_OPTIMIZER)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear from 0 to 1 over ``warmup`` steps, then cosine down to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_fits(config: ModelConfig, seq_len: int) -> None:
+    if seq_len > config.max_seq_len:
+        raise ValueError(
+            f"data.seq_len={seq_len} is larger than the model's context (max_seq_len={config.max_seq_len}); "
+            f"lower data.seq_len or set model.overrides.max_seq_len >= {seq_len}"
+        )
