@@ -45,13 +45,13 @@ class ExportModel(L.Callback):
 
     @staticmethod
     def export(trainer: L.Trainer, module: L.LightningModule, name: str) -> Path | None:
+        recipe = Path(trainer.log_dir or _run_dir(trainer)) / "config.yaml"  # log_dir is collective: every rank asks
         if not trainer.is_global_zero:
             return None
         target = _run_dir(trainer) / "export" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
         save_model(staging, module.transformer, trainer.datamodule.tokenizer)
-        recipe = Path(trainer.log_dir or _run_dir(trainer)) / "config.yaml"
         if recipe.is_file():
             shutil.copyfile(recipe, staging / "recipe.yaml")
         old = target.with_name(f".{name}-old")

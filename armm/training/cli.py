@@ -10,7 +10,6 @@ from __future__ import annotations
 import warnings
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from armm.training.callbacks import ExportModel, PlotCurves
@@ -33,7 +32,7 @@ def run_training_cli(args: list[str]) -> ArmmCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [ExportModel(), PlotCurves(), RichProgressBar(leave=True), LearningRateMonitor("step")],
+            "callbacks": [ExportModel(), PlotCurves()],
             "use_distributed_sampler": False,  # TokenDataModule shards its own resumable sampler across ranks
         },
     )
