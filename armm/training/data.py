@@ -29,6 +29,7 @@ from armm.plugins import get_plugins
 from armm.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
+CACHE_FORMAT = 2  # part of the cache key: a new format never reads an old cache
 Layout = Literal["packed", "samples"]
 
 
@@ -142,7 +143,7 @@ class TokenDataModule(L.LightningDataModule):
     def cache_path(self) -> Path:
         """``cache_dir/<key>``: the key covers the tokenizer, its options, the data and the split."""
         source = self.dataset if self.dataset is not None else _describe_files(self.path)
-        key = json.dumps([self.tokenizer_name, self.tokenizer_options, str(self.tokenizer_dir), source, self.layout,
+        key = json.dumps([CACHE_FORMAT, self.tokenizer_name, self.tokenizer_options, str(self.tokenizer_dir), source, self.layout,
                           self.seq_len if self.layout == "samples" else None, self.val_fraction, self.seed],
                          sort_keys=True, default=str)
         return self.cache_dir / f"{self.tokenizer_name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
@@ -166,8 +167,11 @@ class TokenDataModule(L.LightningDataModule):
             encoded = [tokenizer.encode_document(doc) for doc in docs]
             array = self._layout_tokens(encoded, tokenizer)
             np.save(tmp / f"{split}.npy", array.astype(dtype))
+            tokens = int(sum(len(e) for e in encoded))
             meta[split] = {
-                "documents": len(docs), "tokens": int(sum(len(e) for e in encoded)),
+                "documents": len(docs), "tokens": tokens,
+                # every token but the first of the stream (packed) or of each row (samples) is a target
+                "scored_tokens": tokens - (1 if self.layout == "packed" else len(docs)),
                 "units": int(sum(tokenizer.num_units(doc) for doc in docs)),
             }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -193,7 +197,7 @@ class TokenDataModule(L.LightningDataModule):
     @property
     def units_per_token(self) -> float:
         """Modality units (bytes, residues, pixel values, audio samples) per scored validation token."""
-        return self.meta["val"]["units"] / self.meta["val"]["tokens"]
+        return self.meta["val"]["units"] / self.meta["val"]["scored_tokens"]
 
     # --- loaders ---------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
