@@ -80,6 +80,16 @@ def load_model(
     return model, tokenizer
 
 
+def load_model_with_tokenizer(
+    directory: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[Transformer, Tokenizer]:
+    """``load_model`` for uses that read or write samples (sampling, chat, serving): the tokenizer is required."""
+    model, tokenizer = load_model(directory, device=device, dtype=dtype)
+    if tokenizer is None:
+        raise ValueError(f"{directory} has no {TOKENIZER_DIR}/ folder; save the model with its tokenizer to use it here")
+    return model, tokenizer
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load a tokenizer folder written by ``save_model`` through the plugin that registered its name."""
     directory = Path(directory)

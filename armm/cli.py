@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import sys
 import typing
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -15,13 +14,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from armm.checkpoint import load_model, save_model
+from armm.chat_cli import chat
+from armm.checkpoint import load_model_with_tokenizer, save_model
 from armm.config import ModelConfig
 from armm.generation import generate
+from armm.hf import convert
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.registry import PluginError
 from armm.scoring import score as score_ids
+from armm.server import serve
+from armm.textstream import stream_text
 from armm.tokenizer import Tokenizer
 
 console = Console()
@@ -83,7 +86,7 @@ def sample(
         output: Write the samples to this path in the modality's format (.txt, .fasta, .wav, .png…);
             required for modalities whose samples are not text.
     """
-    model, tok = _load(model_dir)
+    model, tok = load_model_with_tokenizer(model_dir)
     ids = _prompt_ids(tok, prompt)
     stops = [tok.eos_id] if tok.eos_id is not None else []
     seeds = None if seed is None else [seed + i for i in range(num_samples)]
@@ -92,7 +95,7 @@ def sample(
             steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
                              seed=None if seeds is None else seeds[i], stream=True)
             console.print(prompt, end="", markup=False, highlight=False)
-            for piece in _decode_stream(tok, (step[0] for step in steps)):
+            for piece in stream_text(tok, (step[0] for step in steps)):
                 console.print(piece, end="", markup=False, highlight=False)
             console.print()
         return
@@ -123,7 +126,7 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None) ->
     """
     if (text is None) == (file is None):
         raise ValueError("give exactly one of --text or --file")
-    model, tok = _load(model_dir)
+    model, tok = load_model_with_tokenizer(model_dir)
     samples = [text] if text is not None else tok.read(file)
     results = [score_ids(model, _sample_ids(tok, s)) for s in samples]
     log_likelihood = sum(r.log_likelihood for r in results)
@@ -142,13 +145,6 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None) ->
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def _load(model_dir: Path) -> tuple[Transformer, Tokenizer]:
-    model, tok = load_model(model_dir)
-    if tok is None:
-        raise ValueError(f"{model_dir} has no tokenizer/ folder; save the model with a tokenizer to use the CLI")
-    return model, tok
-
-
 def _prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
     """bos, then the prompt as the plugin reads it; an empty prompt is bos alone."""
     ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(prompt)
@@ -160,22 +156,6 @@ def _prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
 def _sample_ids(tok: Tokenizer, sample) -> list[int]:
     """bos, then the sample's ids: what scoring conditions on and scores."""
     return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(sample)
-
-
-def _decode_stream(tok: Tokenizer, tokens: Iterator[int | None]) -> Iterator[str]:
-    """Text pieces as tokens arrive, holding back an incomplete multi-byte character."""
-    ids: list[int] = []
-    text = shown = ""
-    for token in tokens:
-        if token is None:
-            break
-        ids.append(token)
-        text = tok.decode(ids)
-        if not text.endswith("\ufffd"):
-            yield text[len(shown):]
-            shown = text
-    if text != shown:
-        yield text[len(shown):]
 
 
 def _normalise_args(argv: list[str]) -> list[str]:
@@ -195,7 +175,7 @@ def _normalise_args(argv: list[str]) -> list[str]:
     return out
 
 
-COMMANDS = [plugins, init, sample, score]
+COMMANDS = [plugins, init, sample, score, chat, serve, convert]
 
 
 TRAINING_COMMANDS = ("fit", "validate")

@@ -51,7 +51,7 @@ class ARModule(L.LightningModule):
         if not 0.0 <= scheduled_sampling <= 1.0:
             raise ValueError(f"model.scheduled_sampling must be in [0, 1], got {scheduled_sampling}")
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1]")
+            raise ValueError(f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1], got {warmup_steps} and {min_lr_ratio}")
         self.save_hyperparameters()
         self.config = ModelConfig.from_name(preset, **(overrides or {}), **({"vocab_size": vocab_size} if vocab_size else {}))
         self.net: Transformer | None = Transformer(self.config) if vocab_size else None

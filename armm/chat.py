@@ -1,0 +1,279 @@
+"""Chat templates: a conversation (``[{"role", "content"}, …]``) → the exact prompt string a chat model was trained
+on → token ids, and the stop strings that end the model's reply.
+
+Templates are Jinja sources rendered the way Hugging Face ``transformers`` renders them (``trim_blocks``,
+``lstrip_blocks``, loop controls, ``raise_exception``, a ``tojson`` that keeps non-ASCII) inside Jinja's immutable
+sandbox, so a template read from a downloaded ``tokenizer_config.json`` cannot reach Python internals.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from armm.tokenizer import Tokenizer
+
+ROLES = ("system", "user", "assistant")
+# End-of-turn tokens of well-known chat formats: a template from a file stops at those its vocabulary or source has.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>")
+# The special-token variables ``transformers`` hands every template, read from tokenizer_config.json.
+TOKEN_VARIABLES = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A Jinja chat template, the strings that end a reply, and the variables (``bos_token``…) it is rendered with."""
+
+    name: str
+    source: str
+    stop_strings: tuple[str, ...]
+    variables: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered conversation: the exact prompt text, its ids (when a tokenizer was given) and the stop ids."""
+
+    text: str
+    ids: list[int] | None
+    stop_token_ids: list[int]
+
+
+# --- built-in templates: the official Jinja sources, text-only ----------------------------------------------------
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+LLAMA_3 = (  # Meta-Llama-3-8B-Instruct
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+LLAMA_2 = (  # Llama-2-7b-chat-hf; "[/INST]" already asks for the reply, so there is no generation prompt
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}"
+    "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+GEMMA = (  # Gemma 3 (text only): the system message opens the first user turn
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+BUILT_IN: dict[str, ChatTemplate] = {
+    "chatml": ChatTemplate("chatml", CHATML, ("<|im_end|>",)),
+    "llama-3": ChatTemplate("llama-3", LLAMA_3, ("<|eot_id|>",), {"bos_token": "<|begin_of_text|>"}),
+    "llama-2": ChatTemplate("llama-2", LLAMA_2, ("</s>",), {"bos_token": "<s>", "eos_token": "</s>"}),
+    "gemma": ChatTemplate("gemma", GEMMA, ("<end_of_turn>",), {"bos_token": "<bos>", "eos_token": "<eos>"}),
+}
+
+
+# --- finding a template -------------------------------------------------------------------------------------------
+def get_template(name_or_path: str | Path) -> ChatTemplate:
+    """A built-in template by name (``chatml``, ``llama-3``, ``llama-2``, ``gemma``), or one read from a Hugging Face
+    ``tokenizer_config.json`` or a ``.jinja`` file."""
+    if str(name_or_path) in BUILT_IN:
+        return BUILT_IN[str(name_or_path)]
+    path = Path(name_or_path)
+    if path.suffix not in (".json", ".jinja"):
+        raise ValueError(
+            f"unknown chat template {str(name_or_path)!r}: use a built-in one ({', '.join(BUILT_IN)}) or the path "
+            f"of a tokenizer_config.json or .jinja file"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"chat template file {path} does not exist")
+    if path.suffix == ".jinja":
+        return _file_template(path, path.read_text(encoding="utf-8"), path.parent / "tokenizer_config.json")
+    return _file_template(path, _template_in_config(path), path)
+
+
+def template_for_model(model_dir: str | Path) -> ChatTemplate:
+    """The model directory's own template (``chat_template.jinja``, or ``tokenizer/tokenizer_config.json`` with a
+    ``chat_template``), else ChatML."""
+    model_dir = Path(model_dir)
+    config = model_dir / "tokenizer" / "tokenizer_config.json"
+    for jinja in (model_dir / "chat_template.jinja", model_dir / "tokenizer" / "chat_template.jinja"):
+        if jinja.is_file():
+            return _file_template(jinja, jinja.read_text(encoding="utf-8"), config)
+    if config.is_file() and "chat_template" in _read_json(config):
+        return get_template(config)
+    return BUILT_IN["chatml"]
+
+
+def _template_in_config(path: Path) -> str:
+    """The ``chat_template`` of a tokenizer_config.json: a string, or the ``default`` of a list of named templates;
+    ``transformers`` >= 4.43 saves it beside the config as ``chat_template.jinja``."""
+    config = _read_json(path)
+    template = config.get("chat_template")
+    if template is None:
+        beside = path.parent / "chat_template.jinja"
+        if beside.is_file():
+            return beside.read_text(encoding="utf-8")
+        raise ValueError(f"{path} has no chat_template (and there is no chat_template.jinja beside it)")
+    if isinstance(template, list):
+        named = {entry.get("name"): entry.get("template") for entry in template if isinstance(entry, dict)}
+        if not isinstance(named.get("default"), str):
+            raise ValueError(f"{path} lists chat templates {sorted(map(str, named))} but none named 'default'")
+        return named["default"]
+    if not isinstance(template, str):
+        raise ValueError(f"{path}: chat_template must be a string or a list of {{name, template}}")
+    return template
+
+
+def _file_template(path: Path, source: str, config_path: Path) -> ChatTemplate:
+    """A template from a file: special-token variables from the tokenizer config (if there is one), and as stop
+    strings the eos token plus the known end-of-turn tokens that the vocabulary or the template holds."""
+    config = _read_json(config_path) if config_path.is_file() else {}
+    variables = {name: token for name in TOKEN_VARIABLES if (token := _token_text(config.get(name))) is not None}
+    vocabulary = _added_tokens(config, config_path.parent / "tokenizer.json")
+    end_of_turn = [t for t in END_OF_TURN_TOKENS if t in vocabulary or t in source]
+    eos = [variables["eos_token"]] if "eos_token" in variables else []
+    stops = tuple(dict.fromkeys(eos + end_of_turn))
+    try:
+        _compile(source)  # a syntax error surfaces now, naming the file
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return ChatTemplate(str(path), source, stops, variables)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} should hold a JSON object (a Hugging Face tokenizer_config.json)")
+    return data
+
+
+def _token_text(token: Any) -> str | None:
+    """A special token as tokenizer_config.json stores it: a string, or an AddedToken object with ``content``."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) else None
+
+
+def _added_tokens(config: dict[str, Any], tokenizer_json: Path) -> set[str]:
+    """The added (special) tokens of the tokenizer config and of the tokenizer.json beside it."""
+    entries = list(config.get("added_tokens_decoder", {}).values())
+    if tokenizer_json.is_file():
+        entries += _read_json(tokenizer_json).get("added_tokens", [])
+    return {text for entry in entries if (text := _token_text(entry)) is not None}
+
+
+# --- rendering ----------------------------------------------------------------------------------------------------
+def render(
+    messages: list[dict],
+    template: ChatTemplate,
+    tokenizer: Tokenizer | None = None,
+    add_generation_prompt: bool = True,
+) -> Rendered:
+    """Render a conversation with ``template``; with a ``tokenizer``, also its ids (special-token strings become their
+    single ids) and the ids of the stop strings that are single special tokens of that tokenizer."""
+    messages = validate_messages(messages)
+    try:
+        text = _compile(template.source).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
+            **template.variables,
+        )
+    except jinja2.exceptions.SecurityError as err:
+        raise ValueError(f"chat template {template.name!r} was refused by the sandbox: {err}") from None
+    except jinja2.exceptions.TemplateError as err:
+        raise ValueError(f"chat template {template.name!r} failed to render: {err}") from None
+    if tokenizer is None:
+        return Rendered(text, None, [])
+    return Rendered(text, encode_special(tokenizer, text), stop_token_ids(tokenizer, template.stop_strings))
+
+
+def validate_messages(messages: Any) -> list[dict[str, str]]:
+    """Check a conversation is a non-empty list of ``{"role": system|user|assistant, "content": str}``; return copies
+    holding only those two keys."""
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise ValueError(f"message {index} must be a dict with 'role' and 'content', got {message!r}")
+        if message["role"] not in ROLES:
+            raise ValueError(f"message {index} has role {message['role']!r}; allowed roles: {', '.join(ROLES)}")
+        if not isinstance(message["content"], str):
+            raise ValueError(f"message {index} content must be a string, got {type(message['content']).__name__}")
+        checked.append({"role": message["role"], "content": message["content"]})
+    return checked
+
+
+def encode_special(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Encode rendered text so that special-token strings become their ids, where the tokenizer can do that."""
+    if "allow_special" in inspect.signature(tokenizer.encode).parameters:
+        return tokenizer.encode(text, allow_special=True)
+    return tokenizer.encode(text)
+
+
+def stop_token_ids(tokenizer: Tokenizer, stop_strings: Iterable[str]) -> list[int]:
+    """Ids of the stop strings that the tokenizer encodes as one of its special tokens."""
+    specials = set(tokenizer.special_tokens.values())
+    ids = (encode_special(tokenizer, stop) for stop in stop_strings)
+    return list(dict.fromkeys(one[0] for one in ids if len(one) == 1 and one[0] in specials))
+
+
+@lru_cache(maxsize=32)
+def _compile(source: str) -> jinja2.Template:
+    try:
+        return _environment().from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as err:
+        raise ValueError(f"chat template has a Jinja syntax error at line {err.lineno}: {err.message}") from None
+
+
+@lru_cache(maxsize=1)
+def _environment() -> ImmutableSandboxedEnvironment:
+    """The Jinja environment of ``transformers.apply_chat_template``, so templates render the same."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

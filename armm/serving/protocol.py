@@ -1,0 +1,136 @@
+"""The OpenAI request schemas armm serves, the OpenAI error shape, and OpenAI sampling → an armm sampler spec."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "logit_bias", "suffix", "tools", "functions",
+               "tool_choice", "response_format")
+
+
+class APIError(Exception):
+    """An error answered as ``{"error": {"message", "type", "param", "code"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    """Fields shared by completions and chat completions. ``top_k``, ``min_p`` and ``repetition_penalty`` are
+    extensions (as in vLLM); fields armm does not know are ignored, fields it cannot honour are refused."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    min_p: float | None = Field(None, gt=0, le=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(None, gt=0)
+    n: int = Field(1, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in UNSUPPORTED:
+                if data.get(name) not in (None, False):
+                    raise ValueError(f"{name!r} is not supported by armm serve")
+        return data
+
+    @property
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if any(not s for s in stops):
+            raise APIError(400, "stop strings must be non-empty", "stop")
+        return stops
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def sampler_spec(self) -> str:
+        """The armm sampler for these OpenAI parameters: penalties first, then temperature (0: greedy),
+        top_k, top_p, min_p. OpenAI's defaults (temperature 1, top_p 1, no penalties) sample the full softmax."""
+        items = [f"{name}={value}" for name, value, off in (
+            ("repetition_penalty", self.repetition_penalty, 1),
+            ("presence_penalty", self.presence_penalty, 0),
+            ("frequency_penalty", self.frequency_penalty, 0),
+        ) if value is not None and value != off]
+        temperature = 1.0 if self.temperature is None else self.temperature
+        if temperature == 0:
+            return ",".join(items + ["greedy"])
+        if temperature != 1:
+            items.append(f"temperature={temperature}")
+        if self.top_k is not None:
+            items.append(f"top_k={self.top_k}")
+        if self.top_p is not None and self.top_p < 1:
+            items.append(f"top_p={self.top_p}")
+        if self.min_p is not None:
+            items.append(f"min_p={self.min_p}")
+        return ",".join(items) or "temperature=1"
+
+
+class CompletionRequest(SamplingRequest):
+    """``POST /v1/completions``: a prompt as text, a list of texts, token ids, or a list of token-id lists."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if not self.prompt:
+            raise APIError(400, "prompt must not be an empty list", "prompt")
+        return [self.prompt] if isinstance(self.prompt[0], int) else list(self.prompt)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """A text message; ``developer`` (OpenAI's newer name for ``system``) is rendered as ``system``."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """``POST /v1/chat/completions``; ``max_completion_tokens`` is the newer name of ``max_tokens``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_token_budget(self) -> ChatCompletionRequest:
+        if self.max_completion_tokens is not None:
+            self.max_tokens = self.max_completion_tokens
+        return self
