@@ -1,9 +1,16 @@
 """Hook implementations of the audio plugin."""
 
 import armm
+from armm_audio.datasets import espeak_phrases, synthetic_tones
 from armm_audio.mulaw import MuLawTokenizer
 
 
 @armm.hookimpl
 def armm_register_tokenizers(register) -> None:
     register(MuLawTokenizer.name, MuLawTokenizer)
+
+
+@armm.hookimpl
+def armm_register_datasets(register) -> None:
+    register("espeak-phrases", espeak_phrases)
+    register("synthetic-tones", synthetic_tones)

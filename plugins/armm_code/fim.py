@@ -84,14 +84,19 @@ def infilled_document(tokenizer: Tokenizer, prefix: str, suffix: str, generated:
     return prefix + tokenizer.decode(middle) + suffix
 
 
+def check_rates(rate: float, spm_rate: float, prefix: str = "") -> None:
+    """ValueError unless both are probabilities; ``prefix`` names them as the caller spells them (``fim_``)."""
+    for label, value in ((f"{prefix}rate", rate), (f"{prefix}spm_rate", spm_rate)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"FIM {label} must be a probability in [0, 1], got {value}")
+
+
 class FIMTransform:
     """Document → training ids: FIM with probability ``rate`` (SPM with probability ``spm_rate``, else PSM),
     otherwise plain left-to-right. Seeded, so a data pipeline's documents get reproducible transforms."""
 
     def __init__(self, tokenizer: Tokenizer, rate: float = 0.5, spm_rate: float = 0.5, seed: int = 0) -> None:
-        for label, value in (("rate", rate), ("spm_rate", spm_rate)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"FIM {label} must be a probability in [0, 1], got {value}")
+        check_rates(rate, spm_rate)
         FIMTokens.of(tokenizer)
         self.tokenizer = tokenizer
         self.rate = rate

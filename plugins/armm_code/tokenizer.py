@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from armm_code.fim import FIMTransform, check_rates
 from armm_text import BPETokenizer
 from tokenizers import Regex, pre_tokenizers
 
@@ -18,7 +19,8 @@ CODE_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|(?
 
 class CodeTokenizer(BPETokenizer):
     """``text-bpe`` for source files: lossless on any text (tabs, trailing spaces, CRLF kept), with
-    ``fim_prefix``/``fim_middle``/``fim_suffix`` special tokens for ``armm_code.FIMTransform``."""
+    ``fim_prefix``/``fim_middle``/``fim_suffix`` special tokens for ``armm_code.FIMTransform``, which training
+    documents go through at ``fim_rate`` (see ``encode_document``)."""
 
     name = "code-bpe"
     modality = "code"
@@ -31,18 +33,36 @@ class CodeTokenizer(BPETokenizer):
         *,
         suffixes: Sequence[str] = (".py",),
         extra_special_tokens: Mapping[str, str] | None = None,
+        fim_rate: float = 0.0,
+        fim_spm_rate: float = 0.5,
+        fim_seed: int = 0,
         **roles: str | None,
     ) -> None:
         """``suffixes``: the source files ``read`` takes; ``write`` uses the first. ``roles``: bos=, eos=, pad=
-        as for ``text-bpe``; the FIM tokens can be renamed through ``extra_special_tokens``."""
+        as for ``text-bpe``; the FIM tokens can be renamed through ``extra_special_tokens``. ``fim_rate``,
+        ``fim_spm_rate`` and ``fim_seed`` set the fill-in-the-middle transform of training documents."""
         super().__init__(vocab_size, extra_special_tokens={**FIM_TOKENS, **(extra_special_tokens or {})}, **roles)
         if isinstance(suffixes, str) or not suffixes or not all(s.startswith(".") and len(s) > 1 for s in suffixes):
             raise ValueError(f"suffixes must be a non-empty list like ['.py', '.pyi'], got {suffixes!r}")
+        check_rates(fim_rate, fim_spm_rate, prefix="fim_")
         self.read_suffixes = tuple(suffixes)
         self.file_suffix = self.read_suffixes[0]
+        self.fim_rate, self.fim_spm_rate, self.fim_seed = fim_rate, fim_spm_rate, fim_seed
+        self._fim: FIMTransform | None = None  # made at the first FIM document, once the vocabulary exists
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "suffixes": list(self.read_suffixes)}
+        fim = {"fim_rate": self.fim_rate, "fim_spm_rate": self.fim_spm_rate, "fim_seed": self.fim_seed}
+        return {**super().options(), "suffixes": list(self.read_suffixes), **fim}
+
+    def encode_document(self, sample: str) -> list[int]:
+        """bos, then the document left to right, or with probability ``fim_rate`` as a FIM sequence (PSM or SPM,
+        see ``FIMTransform``); eos last. The draws come from one generator seeded with ``fim_seed``, so the n-th
+        document this tokenizer encodes always gets the same transform."""
+        if self.fim_rate == 0:
+            return super().encode_document(sample)
+        if self._fim is None:
+            self._fim = FIMTransform(self, self.fim_rate, self.fim_spm_rate, self.fim_seed)
+        return ([self.bos_id] if self.bos_id is not None else []) + self._fim(sample)
 
     def pre_tokenizer(self) -> pre_tokenizers.PreTokenizer:
         return pre_tokenizers.Sequence(

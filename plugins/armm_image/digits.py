@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from armm_image.base import ImageTokenizer
+
 
 def load_digits_images(
     size: int = 8, split: str = "train", seed: int = 0, test_fraction: float = 0.2
@@ -27,3 +29,22 @@ def load_digits_images(
     num_test = round(len(images) * test_fraction)
     chosen = order[:num_test] if split == "test" else order[num_test:]
     return images[chosen], torch.from_numpy(digits.target)[chosen]
+
+
+def digits_for(tokenizer: ImageTokenizer) -> tuple[list[torch.Tensor], list[int]]:
+    """The train split at the tokenizer's size and channels, with its labels: a square size is upsampled
+    bicubically by ``load_digits_images``, any other shape is converted from 8x8 by ``tokenizer.prepare``."""
+    square = tokenizer.height if tokenizer.height == tokenizer.width else 8
+    images, labels = load_digits_images(size=square, split="train")
+    return [tokenizer.prepare(image) for image in images], labels.tolist()
+
+
+def sklearn_digits(tokenizer: ImageTokenizer) -> list[torch.Tensor]:
+    """Dataset ``sklearn-digits``: the 1,438 train-split digits as images (uint8 [C, H, W])."""
+    return digits_for(tokenizer)[0]
+
+
+def sklearn_digits_labelled(tokenizer: ImageTokenizer) -> list[tuple[int, torch.Tensor]]:
+    """Dataset ``sklearn-digits-labelled``: the same digits as ``(label, image)`` pairs, label 0..9."""
+    images, labels = digits_for(tokenizer)
+    return list(zip(labels, images))

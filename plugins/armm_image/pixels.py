@@ -1,10 +1,13 @@
-"""ImageGPT/PixelCNN-style tokens: one per pixel channel value, or one per pixel from a k-means colour palette."""
+"""ImageGPT/PixelCNN-style tokens: one per pixel channel value, or one per pixel from a k-means colour palette;
+optionally one class token per label for class-conditional generation."""
 
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,12 +41,21 @@ class PixelTokenizer(ImageTokenizer):
     With ``bits`` = 8 every channel value 0..255 is its own id (lossless; ``unit`` "dim"); fewer bits
     keep ``value >> (8 - bits)`` and decode to the centre of that bin. With ``palette_size`` = K there is
     one id per pixel: the nearest of K colours that ``fit(images)`` finds by k-means (``unit`` "pixel").
+
+    With ``num_classes`` = C the vocabulary gains C class tokens after bos, eos and pad (class ``c`` is id
+    ``num_codes + 3 + c``). A labelled sample ``(label, image)`` becomes the training document bos, class
+    token, pixel ids, eos; the prompt ``"7"`` becomes class 7's token; ``decode`` skips class tokens.
     """
 
     name = "image-pixels"
 
     def __init__(
-        self, size: int | Sequence[int] = 32, channels: int = 3, bits: int = 8, palette_size: int | None = None
+        self,
+        size: int | Sequence[int] = 32,
+        channels: int = 3,
+        bits: int = 8,
+        palette_size: int | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__(size, channels)
         if not 1 <= bits <= 8:
@@ -52,8 +64,11 @@ class PixelTokenizer(ImageTokenizer):
             raise ValueError(
                 f"palette_size must be >= 1 and used with bits=8, got palette_size={palette_size}, bits={bits}"
             )
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (or None for no classes), got {num_classes}")
         self.bits = bits
         self.palette_size = palette_size
+        self.num_classes = num_classes
         self.palette: torch.Tensor | None = None  # uint8 [palette_size, channels] once fitted
 
     @property
@@ -69,11 +84,67 @@ class PixelTokenizer(ImageTokenizer):
         pixels = self.height * self.width
         return pixels * self.channels if self.palette_size is None else pixels
 
-    def fit(self, samples: Iterable[torch.Tensor], *, max_pixels: int = 100_000, seed: int = 0) -> None:
-        """Fit the palette by k-means over the pixels of ``samples`` (only with ``palette_size``)."""
+    @property
+    def vocab_size(self) -> int:
+        return super().vocab_size + (self.num_classes or 0)
+
+    @property
+    def needs_fit(self) -> bool:
+        """True while a palette tokenizer has no palette (fitted or loaded)."""
+        return self.palette_size is not None and self.palette is None
+
+    # --- classes -------------------------------------------------------------------------------------
+    def class_id(self, label: Any) -> int:
+        """The token of class ``label``, an integer (int, numpy or 0-d tensor) in ``0 .. num_classes - 1``."""
+        if self.num_classes is None:
+            raise ValueError(f"tokenizer {self.name!r} has no classes; construct it with num_classes=N to use labels")
+        try:
+            index = operator.index(label)
+        except TypeError:
+            index = None
+        if isinstance(label, bool) or index is None or not 0 <= index < self.num_classes:
+            raise ValueError(f"class label {label!r} must be an integer in 0..{self.num_classes - 1}")
+        return self.num_codes + len(self.special_tokens) + index
+
+    @staticmethod
+    def split_label(sample: Any) -> tuple[Any, torch.Tensor]:
+        """A labelled sample ``(label, image)`` → ``(label, image)``; an image alone → ``(None, image)``."""
+        if isinstance(sample, tuple):
+            if len(sample) != 2:
+                raise ValueError(f"a labelled image sample is a pair (label, image), got a tuple of {len(sample)}")
+            return sample
+        return None, sample
+
+    def encode_document(self, sample: Any) -> list[int]:
+        """bos, the class token of a labelled sample ``(label, image)`` (none for an image alone), pixel ids, eos."""
+        label, image = self.split_label(sample)
+        condition = [] if label is None else [self.class_id(label)]
+        return [self.bos_id, *condition, *self.encode(image), self.eos_id]
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """``""`` → no ids (an unconditional image); a class label such as ``"7"`` → that class's token."""
+        if not prompt:
+            return []
+        if self.num_classes is None:
+            raise ValueError(
+                f"tokenizer {self.name!r} has no classes, so an image prompt must be empty, got {prompt!r}"
+            )
+        try:
+            label = int(prompt)
+        except ValueError:
+            raise ValueError(
+                f"an image prompt is a class label in 0..{self.num_classes - 1} (or empty), got {prompt!r}"
+            ) from None
+        return [self.class_id(label)]
+
+    # --- pixels --------------------------------------------------------------------------------------
+    def fit(self, samples: Iterable[Any], *, max_pixels: int = 100_000, seed: int = 0) -> None:
+        """Fit the palette by k-means over the pixels of ``samples`` (images or labelled images; only with
+        ``palette_size``)."""
         if self.palette_size is None:
             super().fit(samples)
-        pixels = self.stack(samples).permute(0, 2, 3, 1).reshape(-1, self.channels)
+        images = [self.split_label(sample)[1] for sample in samples]
+        pixels = self.stack(images).permute(0, 2, 3, 1).reshape(-1, self.channels)
         self.palette = fit_palette(pixels, self.palette_size, max_pixels=max_pixels, seed=seed)
 
     def _fitted_palette(self) -> torch.Tensor:
@@ -98,9 +169,9 @@ class PixelTokenizer(ImageTokenizer):
             pixels = ((codes << shift) + ((1 << shift) >> 1)).to(torch.uint8)
         return pixels.reshape(self.height, self.width, self.channels).permute(2, 0, 1).contiguous()
 
-    def num_units(self, sample: torch.Tensor) -> int:
-        """Channel values ("dim"), or pixels with a palette."""
-        self.check_image(sample)
+    def num_units(self, sample: Any) -> int:
+        """Channel values ("dim"), or pixels with a palette, of an image or a labelled image (never the class)."""
+        self.check_image(self.split_label(sample)[1])
         return self.sequence_length
 
     def save(self, directory: str | Path) -> None:
@@ -109,6 +180,7 @@ class PixelTokenizer(ImageTokenizer):
             "channels": self.channels,
             "bits": self.bits,
             "palette_size": self.palette_size,
+            "num_classes": self.num_classes,
             "palette": None if self.palette is None else self.palette.tolist(),
         }
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(config) + "\n")

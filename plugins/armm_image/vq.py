@@ -19,7 +19,8 @@ class VQTokenizer(ImageTokenizer):
     """One id per cell of the VQ-VAE's (H / downsample) x (W / downsample) code grid, row by row.
 
     Lossy: ``decode`` returns the decoder's reconstruction. A new tokenizer holds a randomly initialised
-    model (seeded by ``seed``); ``fit(images)`` trains it. ``unit`` is "dim" (pixel channel values), so
+    model (seeded by ``seed``) and ``needs_fit`` until ``fit(images)`` trains it (for ``fit_steps`` steps
+    unless told otherwise) or ``load`` restores a trained one. ``unit`` is "dim" (pixel channel values), so
     bits per dim compare with ``image-pixels``.
     """
 
@@ -38,16 +39,17 @@ class VQTokenizer(ImageTokenizer):
         ema_decay: float = 0.99,
         dead_code_threshold: float = 1.0,
         seed: int = 0,
+        fit_steps: int = 2000,
     ) -> None:
         super().__init__(size, channels)
         if self.height % downsample or self.width % downsample:
             raise ValueError(f"image size {self.height}x{self.width} must be divisible by downsample={downsample}")
-        if codebook_size < 1:
-            raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+        if codebook_size < 1 or fit_steps < 1:
+            raise ValueError(f"codebook_size and fit_steps must be >= 1, got {codebook_size} and {fit_steps}")
         self.config = {
             "size": [self.height, self.width], "channels": channels, "downsample": downsample,
             "codebook_size": codebook_size, "code_dim": code_dim, "hidden": hidden, "res_blocks": res_blocks,
-            "ema_decay": ema_decay, "dead_code_threshold": dead_code_threshold, "seed": seed,
+            "ema_decay": ema_decay, "dead_code_threshold": dead_code_threshold, "seed": seed, "fit_steps": fit_steps,
         }  # fmt: skip
         self.grid = (self.height // downsample, self.width // downsample)
         with torch.random.fork_rng(devices=[]):
@@ -55,6 +57,11 @@ class VQTokenizer(ImageTokenizer):
             self.model = VQVAE(
                 channels, codebook_size, code_dim, hidden, downsample, res_blocks, ema_decay, dead_code_threshold
             ).eval()
+        self.fitted = False
+
+    @property
+    def needs_fit(self) -> bool:
+        return not self.fitted
 
     @property
     def num_codes(self) -> int:
@@ -86,7 +93,7 @@ class VQTokenizer(ImageTokenizer):
         self,
         samples: Iterable[torch.Tensor],
         *,
-        steps: int | None = 2000,
+        steps: int | None = None,
         epochs: int | None = None,
         batch_size: int = 64,
         lr: float = 2e-3,
@@ -94,13 +101,16 @@ class VQTokenizer(ImageTokenizer):
         seed: int = 0,
         accelerator: str = "cpu",
     ) -> None:
-        """Train the VQ-VAE on ``samples`` with Lightning for ``steps`` optimizer steps (or ``epochs`` with steps=None);
-        ``beta`` weighs the commitment loss."""
+        """Train the VQ-VAE on ``samples`` with Lightning for ``steps`` optimizer steps or ``epochs`` (neither:
+        the ``fit_steps`` option); ``beta`` weighs the commitment loss."""
         from armm_image.vq_training import train_vqvae
 
+        if steps is None and epochs is None:
+            steps = self.config["fit_steps"]
         pixels = self.stack(samples).float() / 127.5 - 1
         train_vqvae(self.model, pixels, steps=steps, epochs=epochs, batch_size=batch_size, lr=lr, beta=beta,
                     seed=seed, accelerator=accelerator)  # fmt: skip
+        self.fitted = True
 
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
@@ -122,4 +132,5 @@ class VQTokenizer(ImageTokenizer):
             raise ValueError(
                 f"{directory / WEIGHTS_FILE} is not a VQ-VAE matching {directory / CONFIG_FILE} ({err})"
             ) from None
+        tokenizer.fitted = True
         return tokenizer

@@ -10,8 +10,10 @@ import soundfile
 import torch
 from hypothesis import strategies as st
 
+import armm
 from armm.testing import TokenizerContract
-from armm_audio import MuLawTokenizer
+from armm_audio import MuLawTokenizer, datasets
+from armm_audio.datasets import PHRASES, SPEAKERS, espeak_phrases, speak, synthetic_tones
 from armm_audio.snr import PHRASE, espeak_speech, round_trip_snr, snr_db, tone
 
 PCM16_STEP = 1 / 32768
@@ -217,3 +219,50 @@ def test_write_makes_numbered_16_bit_wavs_that_read_back_exactly(tmp_path):
     assert (info.samplerate, info.channels, info.subtype) == (8000, 1, "PCM_16")
     assert torch.equal(tok.read(paths[0])[0], on_the_pcm16_grid)
     assert (tok.read(paths[1])[0] - samples[1]).abs().max() <= PCM16_STEP
+
+
+# --- built-in datasets --------------------------------------------------------------------------------
+CLIPS = MuLawTokenizer(sample_rate=8000, clip_seconds=0.0625)
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not on PATH (CI installs it)")
+
+
+@needs_espeak
+def test_espeak_phrases_are_fixed_length_clips_of_speech_at_the_tokenizer_rate():
+    clips = armm.get_plugins().datasets.get("espeak-phrases")(CLIPS)
+    assert len(clips) > 4000 and {(clip.dtype, clip.shape) for clip in clips} == {(torch.float32, (500,))}
+    assert all(clip.abs().max() <= 1 for clip in clips)
+    loudness = torch.stack(clips).square().mean(dim=1).sqrt()
+    assert (loudness > 0.01).float().mean() > 0.9  # trimmed speech: few clips fall in a pause
+    twice_the_rate = espeak_phrases(MuLawTokenizer(sample_rate=16000, clip_seconds=0.0625))
+    assert abs(len(twice_the_rate) / len(clips) - 1) < 0.02  # the same seconds of speech: resampled right
+    assert len(espeak_phrases(MuLawTokenizer(sample_rate=8000))) == pytest.approx(len(clips) / 2, rel=0.05)
+
+
+@needs_espeak
+def test_espeak_speaks_the_same_waveform_every_time():
+    waveform, rate = speak(PHRASES[-1], *SPEAKERS[1])
+    again, _ = speak.__wrapped__(PHRASES[-1], *SPEAKERS[1])  # a fresh espeak-ng run, not the cache
+    assert rate == 22050 and torch.equal(waveform, again)
+
+
+def test_espeak_phrases_fall_back_to_synthetic_tones_with_a_warning(monkeypatch):
+    monkeypatch.setattr(datasets.shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="espeak-ng is not installed, so dataset 'espeak-phrases' falls back to "
+                                         "'synthetic-tones'"):
+        clips = espeak_phrases(CLIPS)
+    assert all(torch.equal(a, b) for a, b in zip(clips, synthetic_tones(CLIPS), strict=True))
+
+
+def test_synthetic_tones_are_seeded_notes_with_harmonics_and_an_envelope():
+    tokenizer = MuLawTokenizer(sample_rate=8000, clip_seconds=0.25)
+    tones = armm.get_plugins().datasets.get("synthetic-tones")(tokenizer)
+    assert len(tones) == 2000 and {tone.shape for tone in tones} == {(2000,)}
+    assert all(torch.equal(a, b) for a, b in zip(tones, synthetic_tones(tokenizer)))
+    assert not torch.equal(synthetic_tones(tokenizer, num_clips=1)[0], synthetic_tones(tokenizer, num_clips=1, seed=1)[0])
+    peaks = torch.stack(tones).abs().amax(dim=1)
+    assert peaks.min() >= 0.2 - 1e-6 and peaks.max() <= 0.8 + 1e-6
+    assert all(tone[0] == 0 for tone in tones)  # the attack starts from silence
+    notes = torch.tensor([110.0 * 2 ** (n / 12) * k for n in range(37) for k in range(1, 9)])
+    for tone in tones[:50]:  # the strongest frequency is a harmonic of a semitone of A2..A5 (4 Hz bins)
+        strongest = torch.fft.rfft(tone.double()).abs().argmax() * tokenizer.sample_rate / len(tone)
+        assert (notes - strongest).abs().min() <= 2.0

@@ -4,11 +4,15 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import strategies as st
 
+import armm
 from armm.testing import TokenizerContract
+from armm.training.data import TokenDataModule
 from armm_code import CodeTokenizer, FIMSplit, FIMTransform, fim_ids, infill_prompt, infilled_document
+from armm_code.datasets import STDLIB_CHARACTERS
 from armm_text import BPETokenizer
 
 STDLIB = sorted(Path(os.path.dirname(os.__file__)).glob("*.py"))
@@ -217,3 +221,78 @@ def test_write_keeps_line_endings_byte_for_byte(fitted, tmp_path):
 def test_bad_suffixes_are_refused():
     with pytest.raises(ValueError, match="suffixes must be a non-empty list"):
         CodeTokenizer(suffixes=".py")
+
+
+# --- fill-in-the-middle in training documents (encode_document) ---------------------------------------
+@pytest.fixture(scope="module")
+def fim_tokenizer(fitted, tmp_path_factory):
+    """Makes tokenizers with the fitted vocabulary and FIM options, as a recipe's ``data.tokenizer_options`` gives."""
+    folder = tmp_path_factory.mktemp("fitted")
+    fitted.save(folder)
+
+    def make(**fim_options) -> CodeTokenizer:
+        return CodeTokenizer.from_file(folder / "tokenizer.json", **{**fitted.options(), **fim_options})
+
+    return make
+
+
+def test_documents_are_plain_without_fim(fitted):
+    for document in FIM_DOCUMENTS:
+        assert fitted.encode_document(document) == [fitted.bos_id, *fitted.encode(document), fitted.eos_id]
+
+
+@pytest.mark.parametrize("spm_rate", [0.0, 0.5, 1.0])
+def test_documents_follow_a_transform_seeded_alike_and_reassemble(fitted, fim_tokenizer, spm_rate):
+    tokenizer = fim_tokenizer(fim_rate=1.0, fim_spm_rate=spm_rate, fim_seed=5)
+    reference = FIMTransform(fitted, rate=1.0, spm_rate=spm_rate, seed=5)
+    for document in FIM_DOCUMENTS * 10:
+        ids = tokenizer.encode_document(document)
+        assert ids == [tokenizer.bos_id, *reference(document)]
+        mode = "spm" if ids[2] == tokenizer.special_tokens["fim_suffix"] else "psm"  # alike when the prefix is empty
+        assert reassemble(tokenizer, ids[1:], mode) == document
+
+
+def test_the_fim_rate_sets_the_share_of_fim_documents(fim_tokenizer):
+    tokenizer = fim_tokenizer(fim_rate=0.5)
+    prefix_id = tokenizer.special_tokens["fim_prefix"]
+    documents = [tokenizer.encode_document("def f():\n    pass\n") for _ in range(2000)]
+    assert within_four_sigma(sum(ids[1] == prefix_id for ids in documents), len(documents), 0.5)
+
+
+def test_fim_options_survive_save_and_load_and_give_the_same_documents(fim_tokenizer, tmp_path):
+    tokenizer = fim_tokenizer(fim_rate=0.7, fim_spm_rate=0.2, fim_seed=3)
+    tokenizer.save(tmp_path)
+    loaded = CodeTokenizer.load(tmp_path)
+    assert (loaded.fim_rate, loaded.fim_spm_rate, loaded.fim_seed) == (0.7, 0.2, 3)
+    documents = FIM_DOCUMENTS * 5
+    assert [loaded.encode_document(d) for d in documents] == [tokenizer.encode_document(d) for d in documents]
+
+
+def test_bad_fim_rates_are_refused_when_constructed():
+    with pytest.raises(ValueError, match="fim_rate must be a probability in \\[0, 1\\], got 2"):
+        CodeTokenizer(fim_rate=2)
+    with pytest.raises(ValueError, match="fim_spm_rate must be a probability in \\[0, 1\\], got -0.1"):
+        CodeTokenizer(fim_spm_rate=-0.1)
+
+
+def test_a_recipe_turns_fim_on_through_the_tokenizer_options(tmp_path):
+    (tmp_path / "src").mkdir()
+    for i in range(8):
+        (tmp_path / "src" / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
+    data = TokenDataModule(tokenizer="code-bpe", tokenizer_options={"vocab_size": 300, "fim_rate": 1.0},
+                           path=str(tmp_path / "src"), seq_len=16, batch_size=2, val_fraction=0.25,
+                           cache_dir=tmp_path / "cache")
+    data.setup()
+    tokens = np.concatenate([data.train_tokens, data.val_tokens]).tolist()
+    special = data.tokenizer.special_tokens
+    assert data.tokenizer.fim_rate == 1.0
+    assert [tokens.count(special[role]) for role in ("bos", "fim_prefix", "fim_middle", "fim_suffix", "eos")] == [8] * 5
+
+
+# --- the built-in python-stdlib dataset ------------------------------------------------------------------
+def test_python_stdlib_is_the_sorted_standard_library_up_to_two_million_characters():
+    sources = armm.get_plugins().datasets.get("python-stdlib")(CodeTokenizer())
+    assert sources == read_sources(STDLIB, STDLIB_CHARACTERS)
+    assert sources[0] == STDLIB[0].read_text(encoding="utf-8")
+    total = sum(map(len, sources))
+    assert STDLIB_CHARACTERS <= total < STDLIB_CHARACTERS + len(sources[-1])

@@ -1,12 +1,14 @@
 """The image plugin: pixel tokens (8-bit, fewer bits, k-means palette), VQ-VAE codes, PNG/JPEG reading, PNG grids."""
 
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
+import armm
 from armm.testing import TokenizerContract
 from armm_image import PixelTokenizer, VQTokenizer, load_digits_images
 from armm_image.metrics import code_usage, mse, psnr
@@ -129,6 +131,25 @@ class TestPaletteContract(ImageContract):
         assert (actual.int() - expected.int()).abs().max() <= 24  # half the widest gap of the fitted 8 greys
 
 
+class TestClassConditionalContract(ImageContract):
+    lossless = False
+
+    @pytest.fixture
+    def tokenizer(self):
+        return PixelTokenizer(size=8, channels=1, bits=4, num_classes=10)
+
+    @pytest.fixture
+    def samples(self, held_out):
+        return list(held_out[:3])
+
+    def assert_same_sample(self, actual, expected):
+        assert actual.shape == expected.shape and actual.dtype == torch.uint8
+        assert (actual.int() - expected.int()).abs().max() <= 2 ** (8 - 4) // 2  # half a bin
+
+    def sample_strategy(self, tokenizer):
+        return uint8_images(tokenizer.shape)
+
+
 class TestVQContract(ImageContract):
     lossless = False
 
@@ -246,6 +267,81 @@ def test_default_tokenizers_are_32px_rgb():
     pixels, vq = PixelTokenizer(), VQTokenizer()
     assert (len(pixels.encode(image)), pixels.vocab_size) == (3072, 259)
     assert (len(vq.encode(image)), vq.vocab_size, vq.num_units(image)) == (64, 515, 3072)
+
+
+# --- class conditioning ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def conditional() -> PixelTokenizer:
+    return PixelTokenizer(size=8, channels=1, bits=4, num_classes=10)
+
+
+def test_class_tokens_follow_the_unchanged_specials(conditional):
+    assert conditional.vocab_size == 16 + 3 + 10
+    assert conditional.special_tokens == PixelTokenizer(size=8, channels=1, bits=4).special_tokens
+    assert conditional.special_tokens == {"bos": 16, "eos": 17, "pad": 18}
+    assert [conditional.class_id(label) for label in range(10)] == list(range(19, 29))
+    assert conditional.class_id(torch.tensor(7)) == conditional.class_id(7) == 26  # dataset labels may be tensors
+
+
+def test_a_labelled_document_is_bos_class_pixels_eos(conditional, held_out):
+    image = held_out[0]
+    pixels = conditional.encode(image)
+    assert conditional.encode_document((7, image)) == [16, 26, *pixels, 17]
+    assert conditional.encode_document((torch.tensor(0), image)) == [16, 19, *pixels, 17]
+    assert conditional.encode_document(image) == [16, *pixels, 17]  # an image alone has no class
+    assert conditional.num_units((7, image)) == conditional.num_units(image) == len(pixels) == 64
+
+
+def test_a_prompt_is_a_class_label_or_empty(conditional):
+    assert conditional.encode_prompt("7") == [26]
+    assert conditional.encode_prompt("0") == [19]
+    assert conditional.encode_prompt("") == []
+    for bad in ("seven", "7.0", "10", "-1"):
+        with pytest.raises(ValueError, match=r"0\.\.9"):
+            conditional.encode_prompt(bad)
+    with pytest.raises(ValueError, match=r"0\.\.9"):
+        conditional.encode_document((10, torch.zeros(1, 8, 8, dtype=torch.uint8)))
+    with pytest.raises(ValueError, match=r"0\.\.9"):
+        conditional.class_id(True)
+
+
+def test_without_classes_prompts_and_labels_are_refused():
+    tokenizer = PixelTokenizer(size=8, channels=1, bits=4)
+    assert tokenizer.encode_prompt("") == []
+    with pytest.raises(ValueError, match="no classes"):
+        tokenizer.encode_prompt("7")
+    with pytest.raises(ValueError, match="num_classes"):
+        tokenizer.encode_document((7, torch.zeros(1, 8, 8, dtype=torch.uint8)))
+    with pytest.raises(ValueError, match="num_classes"):
+        PixelTokenizer(num_classes=0)
+
+
+def test_decode_skips_class_tokens_anywhere(conditional, held_out):
+    pixels = conditional.encode(held_out[1])
+    expected = conditional.decode(pixels)
+    assert torch.equal(conditional.decode(conditional.encode_document((3, held_out[1]))), expected)
+    interleaved = [token for pixel in pixels for token in (pixel, 19 + pixel % 10)]
+    assert torch.equal(conditional.decode(interleaved), expected)
+
+
+def test_save_and_load_keep_the_classes(conditional, held_out, tmp_path):
+    conditional.save(tmp_path)
+    loaded = PixelTokenizer.load(tmp_path)
+    assert (loaded.num_classes, loaded.vocab_size, loaded.bits) == (10, 29, 4)
+    assert loaded.encode_prompt("5") == conditional.encode_prompt("5")
+    assert loaded.encode_document((5, held_out[2])) == conditional.encode_document((5, held_out[2]))
+
+
+def test_only_a_palette_without_colours_needs_fitting(digits, palette_tokenizer, tmp_path):
+    assert not PixelTokenizer(size=8, channels=1, bits=4, num_classes=10).needs_fit
+    unfitted = PixelTokenizer(size=8, channels=1, palette_size=8)
+    assert unfitted.needs_fit and not palette_tokenizer.needs_fit
+    unfitted.fit([(index % 10, image) for index, image in enumerate(digits[:200])])  # labelled samples fit too
+    reference = PixelTokenizer(size=8, channels=1, palette_size=8)
+    reference.fit(digits[:200])
+    assert not unfitted.needs_fit and torch.equal(unfitted.palette, reference.palette)
+    unfitted.save(tmp_path)
+    assert not PixelTokenizer.load(tmp_path).needs_fit
 
 
 # --- reading and writing ---------------------------------------------------------------------------
@@ -405,7 +501,7 @@ def test_vq_fit_is_quiet_and_checks_its_schedule(digits, capfd):
     assert captured.out == "" and captured.err == ""
     assert not tokenizer.model.training
     with pytest.raises(ValueError, match="exactly one of steps or epochs"):
-        tokenizer.fit(digits[:16], steps=None)
+        tokenizer.fit(digits[:16], steps=1, epochs=1)
 
 
 def test_vq_rejects_a_size_the_downsampling_does_not_divide():
@@ -413,3 +509,84 @@ def test_vq_rejects_a_size_the_downsampling_does_not_divide():
         VQTokenizer(size=10, downsample=4)
     with pytest.raises(ValueError, match="power of two"):
         VQTokenizer(size=12, downsample=3)
+
+
+# --- bench/digit_classes.py: the evidence for class conditioning ------------------------------------
+@contextmanager
+def single_threaded():
+    """Token-by-token generation with a tiny model and a small logistic regression run fastest on one thread
+    (torch and BLAS), also on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with single_threaded():
+        yield
+
+
+@pytest.fixture(scope="module")
+def digit_classifier(conditional):
+    from bench.digit_classes import train_classifier
+
+    with single_threaded():
+        return train_classifier(conditional)
+
+
+@pytest.fixture(scope="module")
+def untrained_conditional_model(conditional) -> armm.Transformer:
+    torch.manual_seed(0)
+    config = armm.ModelConfig.from_name("gpt2-tiny", vocab_size=conditional.vocab_size, max_seq_len=67)
+    return armm.Transformer(config).eval()
+
+
+def test_the_classifier_scores_real_test_digits_with_its_own_accuracy(conditional, digit_classifier):
+    from bench.digit_classes import assigned_fractions
+
+    images, labels = load_digits_images(8, "test")
+    overall, per_class = assigned_fractions(digit_classifier, conditional, images, labels, 10)
+    quantised = (images.long() >> 4 << 4) + 8  # 4-bit bin centres, written out
+    expected = (digit_classifier.predict(quantised.flatten(1).numpy() / 255) == labels.numpy()).mean()
+    assert overall == pytest.approx(expected) and overall > 0.9
+    counts = torch.bincount(labels, minlength=10).tolist()
+    assert sum(f * n for f, n in zip(per_class, counts)) / sum(counts) == pytest.approx(overall)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_samples_of_each_class_start_from_its_class_token(conditional, untrained_conditional_model):
+    from bench.digit_classes import sample_classes
+
+    model = untrained_conditional_model
+    images, labels = sample_classes(model, conditional, 3, "temperature=1.0", seed=5)
+    assert images.shape == (30, 1, 8, 8) and images.dtype == torch.uint8
+    assert labels.tolist() == [label for label in range(10) for _ in range(3)]
+    prompt = [conditional.bos_id, conditional.class_id(4)]
+    [new] = armm.generate(model, [prompt], max_new_tokens=65, sampler="temperature=1.0",
+                          stop_tokens=[conditional.eos_id], seed=5 + 4 * 3 + 1)
+    assert torch.equal(images[13], conditional.decode(prompt + new))
+    with pytest.raises(ValueError, match="no classes"):
+        sample_classes(model, PixelTokenizer(size=8, channels=1, bits=4), 1, "temperature=1.0", seed=0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_bench_reports_fractions_and_writes_a_grid(conditional, untrained_conditional_model, tmp_path, capsys):
+    from bench.digit_classes import main
+
+    armm.save_model(tmp_path / "model", untrained_conditional_model, conditional)
+    main([str(tmp_path / "model"), "--samples-per-class", "2", "--grid", str(tmp_path / "grid.png"),
+          "--grid-columns", "2", "--grid-scale", "3"])
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    fractions = [float(row[3].strip(" *")) for row in rows[1:]]
+    assert [row[1].strip() for row in rows[1:]] == [*map(str, range(10)), "all"]
+    assert all(0 <= fraction <= 1 for fraction in fractions)
+    assert fractions[-1] == pytest.approx(sum(fractions[:-1]) / 10, abs=0.01)
+    tile = 8 * 3 + 2
+    assert read_png(tmp_path / "grid.png").shape == (1, 10 * tile + 2, 2 * tile + 2)

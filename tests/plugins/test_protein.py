@@ -1,11 +1,16 @@
 """The protein plugin: one token per residue, FASTA in and out, checked against hand-written expectations."""
 
+from collections import Counter
+
+import numpy as np
 import pytest
 from hypothesis import strategies as st
 
 import armm
 from armm.testing import TokenizerContract
-from armm_protein import ALPHABET, FastaRecord, ProteinTokenizer
+from armm_protein import ALPHABET, FastaRecord, ProteinTokenizer, SyntheticProteins, synthetic_proteins
+from armm_protein.synthetic import COMPOSITION, NUM_FAMILIES
+from armm_protein.tokenizer import STANDARD
 
 HBA_HUMAN = (  # the first 92 residues of human haemoglobin alpha, UniProt P69905
     "MVLSPADKTNVKAAWGKVGAHAGEYGAEALERMFLSFPTTKTYFPHFDLSHGSAQVKGHGKKVADALTNAVAHVDDMPNALSALSDLHAHKL"
@@ -148,3 +153,47 @@ def test_loading_a_tokenizer_saved_with_another_alphabet_is_refused(tok, tmp_pat
 def test_the_plugin_is_discovered_through_its_entry_point():
     entries = {entry.name: entry.provider for entry in armm.get_plugins().tokenizers}
     assert entries["protein"].startswith("armm ")
+
+
+# --- the built-in synthetic-proteins dataset ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic():
+    return SyntheticProteins()
+
+
+def test_synthetic_proteins_are_seeded_valid_and_registered(tok, synthetic):
+    sequences = armm.get_plugins().datasets.get("synthetic-proteins")(tok)
+    assert sequences == [record.sequence for record in synthetic.records()] == synthetic_proteins()
+    assert sequences != synthetic_proteins(seed=1)
+    assert len(sequences) == 2000 and all(sequence.startswith("M") for sequence in sequences)
+    assert set("".join(sequences)) <= set(STANDARD)
+    assert tok.decode(tok.encode(sequences[0])) == sequences[0]
+
+
+def test_synthetic_residue_frequencies_are_close_to_the_uniprot_composition(synthetic):
+    counts = Counter("".join(record.sequence for record in synthetic.records()))
+    total = sum(counts.values())
+    for residue, percent in zip(STANDARD, COMPOSITION):
+        assert abs(100 * counts[residue] / total - percent * 100 / sum(COMPOSITION)) < 2.0, residue
+
+
+def best_match_mismatches(sequence: str, motif: str) -> float:
+    """The smallest fraction of mismatched residues between ``motif`` and any window of ``sequence``."""
+    seq, pattern = np.frombuffer(sequence.encode(), np.uint8), np.frombuffer(motif.encode(), np.uint8)
+    windows = np.lib.stride_tricks.sliding_window_view(seq, len(pattern))
+    return float((windows != pattern).mean(axis=1).min())
+
+
+def test_annotated_domains_are_close_copies_of_their_family_and_others_are_absent(synthetic):
+    families = synthetic.families()
+    assert len(families) == NUM_FAMILIES and all(30 <= len(family) <= 60 for family in families)
+    for record in synthetic.records()[:300]:
+        features = record.description.split()
+        present = {int(feature[1:]) for feature in features if feature.startswith("F")}
+        assert 1 <= len(present) <= 3
+        for index, family in enumerate(families):
+            mismatches = best_match_mismatches(record.sequence, family)
+            assert mismatches <= 0.3 if index in present else mismatches > 0.6
+        assert record.sequence.endswith("KDEL") if "KDEL" in features else True
+        if "signal" in features:
+            assert record.sequence[1] in "KR" and set(record.sequence[3:10]) <= set("LAVIF")
