@@ -21,6 +21,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from armm.files import read_json_object
 from armm.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -131,7 +132,7 @@ def template_for_model(model_dir: str | Path) -> ChatTemplate:
     for jinja in (model_dir / "chat_template.jinja", model_dir / "tokenizer" / "chat_template.jinja"):
         if jinja.is_file():
             return _file_template(jinja, jinja.read_text(encoding="utf-8"), config)
-    if config.is_file() and "chat_template" in _read_json(config):
+    if config.is_file() and "chat_template" in read_json_object(config, "a Hugging Face tokenizer_config.json"):
         return get_template(config)
     return BUILT_IN["chatml"]
 
@@ -139,7 +140,7 @@ def template_for_model(model_dir: str | Path) -> ChatTemplate:
 def _template_in_config(path: Path) -> str:
     """The ``chat_template`` of a tokenizer_config.json: a string, or the ``default`` of a list of named templates;
     ``transformers`` >= 4.43 saves it beside the config as ``chat_template.jinja``."""
-    config = _read_json(path)
+    config = read_json_object(path, "a Hugging Face tokenizer_config.json")
     template = config.get("chat_template")
     if template is None:
         beside = path.parent / "chat_template.jinja"
@@ -159,7 +160,7 @@ def _template_in_config(path: Path) -> str:
 def _file_template(path: Path, source: str, config_path: Path) -> ChatTemplate:
     """A template from a file: special-token variables from the tokenizer config (if there is one), and as stop
     strings the eos token plus the known end-of-turn tokens that the vocabulary or the template holds."""
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = read_json_object(config_path, "a Hugging Face tokenizer_config.json") if config_path.is_file() else {}
     variables = {name: token for name in TOKEN_VARIABLES if (token := _token_text(config.get(name))) is not None}
     vocabulary = _added_tokens(config, config_path.parent / "tokenizer.json")
     end_of_turn = [t for t in END_OF_TURN_TOKENS if t in vocabulary or t in source]
@@ -170,16 +171,6 @@ def _file_template(path: Path, source: str, config_path: Path) -> ChatTemplate:
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     return ChatTemplate(str(path), source, stops, variables)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} should hold a JSON object (a Hugging Face tokenizer_config.json)")
-    return data
 
 
 def _token_text(token: Any) -> str | None:
@@ -193,7 +184,7 @@ def _added_tokens(config: dict[str, Any], tokenizer_json: Path) -> set[str]:
     """The added (special) tokens of the tokenizer config and of the tokenizer.json beside it."""
     entries = list(config.get("added_tokens_decoder", {}).values())
     if tokenizer_json.is_file():
-        entries += _read_json(tokenizer_json).get("added_tokens", [])
+        entries += read_json_object(tokenizer_json, "a Hugging Face tokenizer.json").get("added_tokens", [])
     return {text for entry in entries if (text := _token_text(entry)) is not None}
 
 

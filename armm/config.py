@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from armm.files import read_json_object
+
 Position = Literal["learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "swiglu"]
@@ -89,13 +91,7 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); it should hold a ModelConfig") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} should hold a JSON object of ModelConfig fields")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "a ModelConfig"))
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -1,10 +1,12 @@
-"""Finding and naming files for plugin readers and writers."""
+"""Finding, reading and naming files for plugin readers and writers."""
 
 from __future__ import annotations
 
 import glob
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def find_files(source: str | Path, suffixes: Iterable[str], *, what: str = "files") -> list[Path]:
@@ -45,3 +47,14 @@ def numbered_paths(path: str | Path, count: int, suffix: str) -> list[Path]:
     if count == 1:
         return [path.with_suffix(suffix)]
     return [path.with_name(f"{path.stem}-{i}{suffix}") for i in range(count)]
+
+
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON file holding an object, or a ValueError naming the file and ``what`` it should hold."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); it should hold {what}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} should hold a JSON object ({what})")
+    return data

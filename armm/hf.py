@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from armm.checkpoint import TOKENIZER_DIR, load_model, save_model
 from armm.config import ModelConfig
+from armm.files import read_json_object
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.tokenizer import Tokenizer
@@ -52,16 +53,6 @@ class Rule:
 
 
 # --- config.json ↔ ModelConfig ---------------------------------------------------------------------------
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it should hold {what}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} should hold a JSON object ({what})")
-    return data
-
-
 def read_hf_config(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise FileNotFoundError(f"Hugging Face checkpoint folder {directory} does not exist")
@@ -71,7 +62,7 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
             f"{directory} is not a Hugging Face checkpoint: {CONFIG_FILE} is missing (expected {CONFIG_FILE}, "
             f"{WEIGHTS_FILE} or {INDEX_FILE} with its shards, and optionally {TOKENIZER_FILE})"
         )
-    return read_json(path, "a Hugging Face model config")
+    return read_json_object(path, "a Hugging Face model config")
 
 
 def architecture_of(hf: dict[str, Any], source: Path) -> str:
@@ -238,7 +229,7 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / WEIGHTS_FILE).is_file():
         files = [directory / WEIGHTS_FILE]
     elif (directory / INDEX_FILE).is_file():
-        weight_map = read_json(directory / INDEX_FILE, "a safetensors shard index").get("weight_map", {})
+        weight_map = read_json_object(directory / INDEX_FILE, "a safetensors shard index").get("weight_map", {})
         files = [directory / name for name in sorted(set(weight_map.values()))]
     else:
         pickled = sorted(p.name for p in directory.glob("*.bin"))
@@ -328,8 +319,8 @@ def load_hf_tokenizer(directory: Path, hf: dict[str, Any]) -> Tokenizer | None:
     if not path.is_file():
         return None
     settings = directory / TOKENIZER_CONFIG_FILE
-    tokenizer_config = read_json(settings, "tokenizer settings") if settings.is_file() else {}
-    text_of = _token_texts(read_json(path, "a Hugging Face tokenizer"))
+    tokenizer_config = read_json_object(settings, "tokenizer settings") if settings.is_file() else {}
+    text_of = _token_texts(read_json_object(path, "a Hugging Face tokenizer"))
     roles: dict[str, str | None] = {}
     for role in ROLES:
         token = _token_text(tokenizer_config.get(f"{role}_token"))
@@ -396,7 +387,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
 def hf_tokenizer_config(model_dir: Path, config: ModelConfig, backend: Any, special_ids: dict[str, int]) -> dict:
     """The imported tokenizer_config.json (chat template and all) if there is one, with armm's special tokens."""
     kept = model_dir / TOKENIZER_DIR / TOKENIZER_CONFIG_FILE
-    settings = read_json(kept, "tokenizer settings") if kept.is_file() else {}
+    settings = read_json_object(kept, "tokenizer settings") if kept.is_file() else {}
     settings.update(tokenizer_class="PreTrainedTokenizerFast", model_max_length=config.max_seq_len)
     for role in ROLES:
         token_id = special_ids.get(role)
