@@ -153,9 +153,9 @@ class TokenDataModule(L.LightningDataModule):
         cache = self.cache_path
         if (cache / "meta.json").is_file():
             return
-        samples = self._read_samples()
-        train, val = self._split(samples)
         tokenizer = self._make_tokenizer()
+        samples = self._read_samples(tokenizer)
+        train, val = self._split(samples)
         if tokenizer.needs_fit:
             tokenizer.fit(train)
         tmp = cache.with_name(cache.name + ".tmp")
@@ -219,11 +219,11 @@ class TokenDataModule(L.LightningDataModule):
             return self.tokenizer_class.load(self.tokenizer_dir)
         return self.tokenizer_class(**self.tokenizer_options)
 
-    def _read_samples(self) -> list[Any]:
+    def _read_samples(self, tokenizer: Tokenizer) -> list[Any]:
         if self.dataset is not None:
-            samples = get_plugins().datasets.get(self.dataset)(self._make_tokenizer())
+            samples = get_plugins().datasets.get(self.dataset)(tokenizer)
         else:
-            samples = self._make_tokenizer().read(self.path)
+            samples = tokenizer.read(self.path)
         if not samples:
             raise ValueError(f"the dataset {self.dataset or self.path} is empty: it holds no samples")
         return samples
