@@ -22,9 +22,12 @@ import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from armm.files import read_json_object
+from armm.layout import Part, VocabLayout
 from armm.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
+# Private-use characters around a non-text part's index in the rendered text, where its span goes.
+PART_MARK, PART_END = "\ue000", "\ue001"
 # End-of-turn tokens of well-known chat formats: a template from a file stops at those its vocabulary or source has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>")
 # The special-token variables ``transformers`` hands every template, read from tokenizer_config.json.
@@ -43,7 +46,11 @@ class ChatTemplate:
 
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered conversation: the exact prompt text, its ids (when a tokenizer was given) and the stop ids."""
+    """A rendered conversation: the exact prompt text, its ids (when a tokenizer was given) and the stop ids.
+
+    A non-text part of a message (an image for a mixed-modality model) shows in ``text`` as ``<|name|>``; in ``ids``
+    it is encoded by its own plugin between its span tokens.
+    """
 
     text: str
     ids: list[int] | None
@@ -196,8 +203,13 @@ def render(
     add_generation_prompt: bool = True,
 ) -> Rendered:
     """Render a conversation with ``template``; with a ``tokenizer``, also its ids (special-token strings become their
-    single ids) and the ids of the stop strings that are single special tokens of that tokenizer."""
-    messages = validate_messages(messages)
+    single ids) and the ids of the stop strings that are single special tokens of that tokenizer.
+
+    A message's content is a string or a list of parts: ``{"type": "text", "text": …}`` and, for a model whose
+    tokenizer is a mixed ``VocabLayout``, ``{"type": NAME, NAME: sample}`` for any other part of its layout
+    (e.g. ``{"type": "image", "image": uint8 tensor}``). The template sees a placeholder where each such part goes.
+    """
+    messages, parts = validate_messages(messages)
     try:
         text = _compile(template.source).render(
             messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
@@ -207,26 +219,86 @@ def render(
         raise ValueError(f"chat template {template.name!r} was refused by the sandbox: {err}") from None
     except jinja2.exceptions.TemplateError as err:
         raise ValueError(f"chat template {template.name!r} failed to render: {err}") from None
+    pieces = text.split(PART_MARK)  # text, part 0, text, part 1, …, text (a template may drop messages)
+    shown = pieces[0] + "".join(f"<|{parts[int(index)].name}|>{rest}" for index, rest in
+                                (piece.split(PART_END, 1) for piece in pieces[1:]))
     if tokenizer is None:
-        return Rendered(text, None, [])
+        return Rendered(shown, None, [])
+    if isinstance(tokenizer, VocabLayout):
+        return _render_layout(pieces, parts, tokenizer, template, shown)
+    if parts:
+        raise ValueError(f"message parts of type {', '.join(sorted({p.name for p in parts}))} need a mixed-modality "
+                         f"model; tokenizer {tokenizer.name!r} reads text only")
     return Rendered(text, encode_special(tokenizer, text), stop_token_ids(tokenizer, template.stop_strings))
 
 
-def validate_messages(messages: Any) -> list[dict[str, str]]:
-    """Check a conversation is a non-empty list of ``{"role": system|user|assistant, "content": str}``; return copies
-    holding only those two keys."""
+def _render_layout(pieces: list[str], parts: list[Part], layout: VocabLayout, template: ChatTemplate,
+                   shown: str) -> Rendered:
+    """Ids in a mixed layout: text runs as spans of the layout's text part (the last one left open for the reply),
+    every other part in its own span. A reply ends at the text span's end token or at an end-of-turn token."""
+    text_part = layout.prompt_part
+    text_span = layout.span(text_part)
+    segments: list[tuple[str, Any]] = [(text_part, pieces[0])]
+    for piece in pieces[1:]:
+        index, rest = piece.split(PART_END, 1)
+        segments += [parts[int(index)], (text_part, rest)]
+    ids = [layout.bos_id]
+    for position, (name, sample) in enumerate(segments):
+        if name == text_part and not sample:
+            continue
+        if name == text_part:
+            local = encode_special(text_span.tokenizer, sample)
+            ids += [text_span.begin_id, *(text_span.offset + i for i in local)]
+            if position < len(segments) - 1:
+                ids.append(text_span.end_id)
+        else:
+            ids += layout.encode_part(name, sample)
+    local_stops = stop_token_ids(text_span.tokenizer, template.stop_strings)
+    return Rendered(shown, ids, [text_span.end_id, *(text_span.offset + i for i in local_stops)])
+
+
+def validate_messages(messages: Any) -> tuple[list[dict[str, str]], list[Part]]:
+    """Check a conversation is a non-empty list of ``{"role": system|user|assistant, "content": str or parts}``.
+
+    Returns copies holding only role and content, with each non-text part replaced by a placeholder, and the
+    non-text parts in order.
+    """
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
-    checked = []
+    checked, parts = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
             raise ValueError(f"message {index} must be a dict with 'role' and 'content', got {message!r}")
         if message["role"] not in ROLES:
             raise ValueError(f"message {index} has role {message['role']!r}; allowed roles: {', '.join(ROLES)}")
-        if not isinstance(message["content"], str):
-            raise ValueError(f"message {index} content must be a string, got {type(message['content']).__name__}")
-        checked.append({"role": message["role"], "content": message["content"]})
-    return checked
+        content = message["content"]
+        if isinstance(content, list):
+            content = "".join(_content_part(item, index, parts) for item in content)
+        elif isinstance(content, str):
+            _check_text(content, index)
+        else:
+            raise ValueError(f"message {index} content must be a string or a list of parts, "
+                             f"got {type(content).__name__}")
+        checked.append({"role": message["role"], "content": content})
+    return checked, parts
+
+
+def _check_text(text: str, index: int) -> str:
+    if PART_MARK in text or PART_END in text:
+        raise ValueError(f"message {index} contains the reserved character U+E000 or U+E001")
+    return text
+
+
+def _content_part(item: Any, index: int, parts: list[Part]) -> str:
+    """One item of a content list → its text, or a placeholder for a non-text part (appended to ``parts``)."""
+    kind = item.get("type") if isinstance(item, dict) else None
+    if kind == "text" and isinstance(item.get("text"), str):
+        return _check_text(item["text"], index)
+    if isinstance(kind, str) and kind != "text" and kind in item:
+        parts.append(Part(kind, item[kind]))
+        return f"{PART_MARK}{len(parts) - 1}{PART_END}"
+    raise ValueError(f'message {index} has a content part {item!r:.80}; write {{"type": "text", "text": …}} or '
+                     f'{{"type": NAME, NAME: sample}} for a part of a mixed-modality model')
 
 
 def encode_special(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from armm.chat import ChatTemplate, Rendered, get_template, render, template_for_model
 from armm.checkpoint import load_model_with_tokenizer
 from armm.generation import generate
+from armm.layout import sampler_for
 from armm.sampling import build_sampler
 from armm.textstream import stream_text
 from armm.tokenizer import Tokenizer
@@ -76,6 +77,7 @@ def chat(
     build_sampler(sampler)  # a bad spec fails now, not at the first reply
     chat_template = get_template(template) if template else template_for_model(model_dir)
     model, tok = load_model_with_tokenizer(model_dir)
+    sampler = sampler_for(tok, sampler)  # a mixed-modality model keeps to its layout's spans
     context = model.config.max_seq_len
     if max_new_tokens >= context:
         print(f"(max_new_tokens lowered from {max_new_tokens} to {context // 2}, leaving half of the model's "

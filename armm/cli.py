@@ -17,8 +17,9 @@ from rich.table import Table
 from armm.chat_cli import chat
 from armm.checkpoint import load_model_with_tokenizer, save_model
 from armm.config import ModelConfig
-from armm.generation import generate
+from armm.generation import Guidance, generate
 from armm.hf import convert
+from armm.layout import VocabLayout, sampler_for
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.registry import PluginError
@@ -72,6 +73,9 @@ def sample(
     num_samples: int = 1,
     stream: bool = False,
     output: Path | None = None,
+    part_samplers: dict[str, str] | None = None,
+    guidance: float | None = None,
+    guidance_tokens: int | None = None,
 ) -> None:
     """Generate samples from a saved model, in any modality its tokenizer plugin handles.
 
@@ -85,22 +89,38 @@ def sample(
         stream: Print text as it is generated.
         output: Write the samples to this path in the modality's format (.txt, .fasta, .wav, .png…);
             required for modalities whose samples are not text.
+        part_samplers: For a mixed-modality model, a sampler per part, e.g. '{"image": "top_k=64"}'
+            (--sampler applies elsewhere); generation always keeps to the layout's spans.
+        guidance: Classifier-free guidance scale for a mixed-modality model trained with condition dropout
+            (1 = none; 2 to 4 follow the prompt more closely).
+        guidance_tokens: Guide only the first N tokens of each span.
     """
     model, tok = load_model_with_tokenizer(model_dir)
     ids = _prompt_ids(tok, prompt)
+    sampler = sampler_for(tok, sampler, part_samplers)
+    guided = guidance is not None or guidance_tokens is not None
+    if guided and not isinstance(tok, VocabLayout):
+        raise ValueError(f"--guidance needs a mixed-modality model (tokenizer: mixed); this one's is {tok.name!r}")
+
+    def guide(rows: int) -> Guidance | None:
+        scale = 1.0 if guidance is None else guidance
+        return tok.guidance([ids] * rows, scale, first_tokens=guidance_tokens) if guided else None
+
     stops = [tok.eos_id] if tok.eos_id is not None else []
     seeds = None if seed is None else [seed + i for i in range(num_samples)]
     if stream and output is None:
+        if not isinstance(tok.decode([]), str):
+            raise ValueError(f"--stream prints text, but {tok.modality} samples are files: pass --output PATH")
         for i in range(num_samples):
             steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
-                             seed=None if seeds is None else seeds[i], stream=True)
+                             seed=None if seeds is None else seeds[i], stream=True, guidance=guide(1))
             console.print(prompt, end="", markup=False, highlight=False)
             for piece in stream_text(tok, (step[0] for step in steps)):
                 console.print(piece, end="", markup=False, highlight=False)
             console.print()
         return
     outputs = generate(model, [ids] * num_samples, max_new_tokens=max_new_tokens, sampler=sampler,
-                       stop_tokens=stops, seed=seeds)
+                       stop_tokens=stops, seed=seeds, guidance=guide(num_samples))
     samples = [tok.decode(ids + new) for new in outputs]
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -15,6 +16,51 @@ StopTokens = Sequence[int] | Sequence[Sequence[int]]
 Seed = int | Sequence[int] | None
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance: next-token logits ``uncond + scale * (cond - uncond)``.
+
+    ``unconditional`` holds one prompt per prompt with the condition left out (for a mixed layout,
+    ``[bos, null]``). Both rows run in the same batched forward pass, each with its own KV-cache row, and
+    both receive every drawn token. ``first_tokens`` limits guidance to the first N tokens of each span
+    (counted from the last of ``span_begins`` in the context, or from the start of generation without one);
+    later tokens use the conditional logits alone.
+    """
+
+    scale: float
+    unconditional: Prompts
+    first_tokens: int | None = None
+    span_begins: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not self.scale >= 0:
+            raise ValueError(f"guidance scale must be a number >= 0 (1 = no guidance), got {self.scale!r}")
+        if self.first_tokens is not None and (isinstance(self.first_tokens, bool) or not isinstance(self.first_tokens, int)
+                                              or self.first_tokens < 1):
+            raise ValueError(f"guidance first_tokens must be an integer >= 1 or None, got {self.first_tokens!r}")
+
+    def __call__(self, logits: Tensor, tokens: Tensor, generated: int) -> Tensor:
+        """``logits [2B, V]`` (conditional rows, then unconditional) → guided ``[B, V]``; ``tokens [B, T]`` is the
+        conditional context, whose last ``generated`` tokens were drawn."""
+        B = tokens.size(0)
+        cond, uncond = logits[:B].float(), logits[B:].float()
+        guided = uncond + self.scale * (cond - uncond)
+        if self.first_tokens is None:
+            return guided
+        return torch.where((tokens_into_span(tokens, self.span_begins, generated) < self.first_tokens)[:, None],
+                           guided, cond)
+
+
+def tokens_into_span(tokens: Tensor, span_begins: Sequence[int], generated: int) -> Tensor:
+    """How many tokens follow the last span-begin id in each row of ``tokens [B, T]`` → ``[B]``; rows without
+    one count the ``generated`` tokens."""
+    T = tokens.size(1)
+    begins = torch.tensor(list(span_begins), dtype=tokens.dtype, device=tokens.device)
+    position = torch.arange(T, device=tokens.device)
+    last = torch.where(torch.isin(tokens, begins), position, -1).amax(1)  # (B,)
+    return torch.where(last >= 0, T - 1 - last, generated)
+
+
 def generate(
     model: Transformer,
     prompts: Prompts,
@@ -24,6 +70,7 @@ def generate(
     stop_tokens: StopTokens = (),
     seed: Seed = None,
     stream: bool = False,
+    guidance: Guidance | None = None,
 ) -> list[list[int]] | Iterator[list[int | None]]:
     """Continue each prompt (a list of token ids; lengths may differ) by up to ``max_new_tokens`` tokens.
 
@@ -32,14 +79,21 @@ def generate(
     ``seed`` (one int for every row, or one per row) gives each row its own random generator, so a
     prompt's sampled continuation is the same alone or inside a batch. With ``stream=True`` this
     returns an iterator that yields, per step, each row's new token (``None`` once a row has stopped).
+    ``guidance`` applies classifier-free guidance (see ``Guidance``).
     """
     config = model.config
     device = model.tok_emb.weight.device
     rows = check_prompts(prompts, config.vocab_size, config.max_seq_len, max_new_tokens)
+    if guidance is not None:
+        unconditional = check_prompts(guidance.unconditional, config.vocab_size, config.max_seq_len, max_new_tokens)
+        if len(unconditional) != len(rows):
+            raise ValueError(f"guidance needs one unconditional prompt per prompt ({len(rows)}), got {len(unconditional)}")
+        rows = rows + unconditional
     sampler = build_sampler(sampler)
-    stops = _stop_table(stop_tokens, len(rows), config.vocab_size, device)
-    generators = None if sampler.is_greedy else _generators(seed, len(rows), device)
-    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators)
+    batch_size = len(prompts)
+    stops = _stop_table(stop_tokens, batch_size, config.vocab_size, device)
+    generators = None if sampler.is_greedy else _generators(seed, batch_size, device)
+    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance)
     if stream:
         return ([None if done else t for t, done in zip(token.tolist(), done_before.tolist())]
                 for token, done_before in steps)
@@ -111,34 +165,41 @@ def _decode(
     sampler: Sampler,
     stops: Tensor | None,
     generators: list[torch.Generator] | None,
+    guidance: Guidance | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(token [B], finished_before [B])`` per step; stop once every row has drawn a stop token."""
+    """Yield ``(token [B], finished_before [B])`` per step; stop once every row has drawn a stop token.
+
+    With guidance, ``rows`` holds the B prompts and then their B unconditional prompts (R = 2B rows).
+    """
     device = model.tok_emb.weight.device
-    B, P = len(rows), max(len(r) for r in rows)
+    R, P = len(rows), max(len(r) for r in rows)
+    B = R // 2 if guidance is not None else R
 
     # Left-pad every prompt to P; -1 marks padding in the context the samplers see.
-    context = torch.full((B, P + max_new_tokens), -1, dtype=torch.long, device=device)
+    context = torch.full((R, P + max_new_tokens), -1, dtype=torch.long, device=device)
     for row, ids in enumerate(rows):
         context[row, P - len(ids):P] = torch.tensor(ids, device=device)
     pad = torch.tensor([P - len(ids) for ids in rows], device=device) if any(len(r) < P for r in rows) else None
 
     was_training = model.training
     model.eval()
-    model.setup_cache(B, P + max_new_tokens)
+    model.setup_cache(R, P + max_new_tokens)
     try:
-        logits = model(context[:, :P].clamp(min=0), start=0, pad=pad)[:, -1]  # prefill: (B, V)
+        logits = model(context[:, :P].clamp(min=0), start=0, pad=pad)[:, -1]  # prefill: (R, V)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             slot = P + step
-            token = sampler(logits, context[:, :slot], generators)  # (B,)
-            context[:, slot] = token
+            if guidance is not None:
+                logits = guidance(logits, context[:B, :slot], step)  # (B, V)
+            token = sampler(logits, context[:B, :slot], generators)  # (B,)
+            context[:, slot] = token.repeat(R // B)  # an unconditional row takes its prompt's token
             yield token, finished.clone()
             if stops is not None:
                 finished |= (token[:, None] == stops).any(-1)
                 if bool(finished.all()):  # the only host sync, and only when there are stop tokens
                     return
             if step + 1 < max_new_tokens:
-                logits = model(token[:, None], start=slot, pad=pad)[:, -1]  # decode one token: (B, V)
+                logits = model(context[:, slot:slot + 1], start=slot, pad=pad)[:, -1]  # decode one token: (R, V)
     finally:
         model.clear_cache()
         model.train(was_training)

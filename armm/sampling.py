@@ -8,6 +8,7 @@ such as ``"temperature=0.7,top_p=0.9"`` and applied left to right, followed by o
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from armm.hookspecs import hookimpl
 from armm.plugins import get_plugins
+from armm.tokenizer import Tokenizer
 
 NEG_INF = float("-inf")
 
@@ -288,17 +290,29 @@ def _parse_number(raw: str, name: str) -> int | float:
         raise ValueError(f"sampler {name!r} takes a number, got {raw!r}") from None
 
 
-def build_sampler(spec: str | Sampler) -> Sampler:
-    """A ``Sampler`` from a spec string, using every registered transform (built-in and plugins)."""
+def build_sampler(spec: str | Sampler, *, tokenizer: Tokenizer | None = None) -> Sampler:
+    """A ``Sampler`` from a spec string, using every registered transform (built-in and plugins).
+
+    A transform whose factory takes a keyword ``tokenizer`` (such as ``spans``, which needs a mixed layout)
+    is given the model's ``tokenizer``.
+    """
     if isinstance(spec, Sampler):
         return spec
     registry = get_plugins().samplers
     transforms = []
     for name, value in parse_spec(spec):
         factory = registry.get(name)
+        kwargs = {"tokenizer": tokenizer} if _takes_tokenizer(factory) else {}
         try:
-            transforms.append(factory() if value is None else factory(value))
+            transforms.append(factory(**kwargs) if value is None else factory(value, **kwargs))
         except TypeError:
             needs = "takes no value" if value is not None else "needs a value: write name=value"
             raise ValueError(f"sampler {name!r} {needs} (in {spec!r})") from None
     return Sampler(transforms, spec)
+
+
+def _takes_tokenizer(factory: Callable[..., LogitsTransform]) -> bool:
+    try:
+        return "tokenizer" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False

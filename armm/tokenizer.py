@@ -80,6 +80,12 @@ class Tokenizer(ABC):
         return len(self.encode(sample))
 
     @property
+    def sample_length(self) -> int | None:
+        """Ids per encoded sample when every sample has the same number (an 8x8 image: 64), else None.
+        A mixed layout uses it to end a span exactly when it is full."""
+        return None
+
+    @property
     def needs_fit(self) -> bool:
         """True while a trainable tokenizer has no vocabulary yet (training fits it first)."""
         return False

@@ -145,7 +145,8 @@ def test_raise_exception_in_a_template_is_a_clear_error():
     ("hello", "non-empty list"),
     ([{"role": "user"}], "message 0 must be a dict with 'role' and 'content'"),
     ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "message 1 has role 'tool'; allowed"),
-    ([{"role": "user", "content": ["a"]}], "message 0 content must be a string, got list"),
+    ([{"role": "user", "content": ["a"]}], "message 0 has a content part .a."),
+    ([{"role": "user", "content": 3}], "message 0 content must be a string or a list of parts, got int"),
 ])
 def test_invalid_messages_are_refused(messages, message):
     with pytest.raises(ValueError, match=message):
@@ -287,3 +288,30 @@ def test_chat_takes_a_template_option_and_refuses_an_unknown_one(monkeypatch, ca
         with pytest.raises(SystemExit):
             run_chat(monkeypatch, capsys, "", [str(chat_model), *option])
         assert message in capsys.readouterr().err
+
+
+def test_an_image_part_in_a_user_message_is_placed_between_its_span_tokens():
+    import torch
+    from armm_image import PixelTokenizer
+
+    from armm.layout import VocabLayout
+
+    layout = VocabLayout({"text": armm.ByteTokenizer(), "image": PixelTokenizer(size=2, channels=1, bits=8)})
+    image = torch.tensor([[[0, 64], [128, 255]]], dtype=torch.uint8)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "what is "}, {"type": "image", "image": image},
+                                             {"type": "text", "text": "?"}]}]
+    rendered = render(messages, get_template("chatml"), layout)
+    assert rendered.text == "<|im_start|>user\nwhat is <|image|>?<|im_end|>\n<|im_start|>assistant\n"
+    text, img = layout.span("text"), layout.span("image")
+    start = rendered.ids.index(img.begin_id)
+    assert rendered.ids[start + 1:start + 5] == [img.offset + v for v in PixelTokenizer(2, 1, 8).encode(image)]
+    assert rendered.ids[start + 5] == img.end_id and rendered.ids[start - 1] == text.end_id
+    assert rendered.ids[0] == layout.bos_id and rendered.ids[-1] != text.end_id  # the reply continues the text span
+    parts = layout.decode(rendered.ids)
+    assert [p.name for p in parts] == ["text", "image", "text"] and torch.equal(parts[1].sample, image)
+    assert parts[2].sample.endswith("<|im_start|>assistant\n")
+    assert rendered.stop_token_ids[0] == text.end_id
+    with pytest.raises(ValueError, match="need a mixed-modality model"):
+        render(messages, get_template("chatml"), armm.ByteTokenizer())
+    with pytest.raises(ValueError, match="has no part 'audio'"):
+        render([{"role": "user", "content": [{"type": "audio", "audio": [0.0]}]}], get_template("chatml"), layout)

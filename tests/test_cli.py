@@ -85,3 +85,43 @@ def test_user_mistakes_exit_non_zero_with_one_clear_line(model_dir, capsys, args
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.fixture
+def mixed_model_dir(tmp_path):
+    """A random model over a text + 2x2 image layout."""
+    from armm_image import PixelTokenizer
+
+    from armm.layout import VocabLayout
+
+    layout = VocabLayout({"text": armm.ByteTokenizer(), "image": PixelTokenizer(size=2, channels=1, bits=4)})
+    model = armm.Transformer(armm.ModelConfig.from_name("gpt2-tiny", vocab_size=layout.vocab_size, max_seq_len=64))
+    return armm.save_model(tmp_path / "mixed", model, layout)
+
+
+def test_sample_from_a_mixed_model_keeps_to_spans_with_guidance_and_per_part_samplers(mixed_model_dir, tmp_path):
+    import torch
+
+    args = ["sample", str(mixed_model_dir), "--prompt", "a two", "--num-samples", "3", "--seed", "0",
+            "--sampler", "temperature=1", "--part-samplers", '{"image": "top_k=3"}', "--max-new-tokens", "40",
+            "--guidance", "3", "--guidance-tokens", "2", "--output", str(tmp_path / "out" / "s.txt")]
+    main(args)
+    _, layout = armm.load_model(mixed_model_dir)
+    samples = layout.read(tmp_path / "out" / "s.jsonl")  # the manifest: text inline, images as PNG files beside it
+    assert len(samples) == 3 and all(sample[0] == ("text", "a two") for sample in samples)
+    for sample in samples:  # whatever the random model drew after the prompt, the span constraint kept it whole
+        assert all(part.sample.shape == torch.Size([1, 2, 2]) for part in sample if part.name == "image")
+    main(args[:-1] + [str(tmp_path / "again" / "s.txt")])  # seeded: the same samples again
+    again = layout.read(tmp_path / "again" / "s.jsonl")
+    assert [[(p.name, p.sample if isinstance(p.sample, str) else p.sample.tolist()) for p in s] for s in samples] == \
+        [[(p.name, p.sample if isinstance(p.sample, str) else p.sample.tolist()) for p in s] for s in again]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--guidance", "2"], "--guidance needs a mixed-modality model"),
+    (["--part-samplers", '{"image": "top_k=2"}'], "per-part samplers need a mixed layout"),
+])
+def test_mixed_modality_options_on_a_text_model_are_refused(model_dir, capsys, args, message):
+    with pytest.raises(SystemExit):
+        main(["sample", str(model_dir), *args])
+    assert message in capsys.readouterr().err

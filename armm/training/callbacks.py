@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from armm.checkpoint import save_model
 from armm.generation import generate
+from armm.layout import sampler_for
 
 
 def _run_dir(trainer: L.Trainer) -> Path:
@@ -79,7 +80,7 @@ class WriteSamples(L.Callback):
         model = module.transformer
         prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(self.prompt)
         budget = min(self.max_new_tokens, model.config.max_seq_len - len(prompt))
-        new = generate(model, [prompt] * self.num_samples, max_new_tokens=budget, sampler=self.sampler,
+        new = generate(model, [prompt] * self.num_samples, max_new_tokens=budget, sampler=sampler_for(tok, self.sampler),
                        stop_tokens=[tok.eos_id] if tok.eos_id is not None else [],
                        seed=[self.seed + i for i in range(self.num_samples)])
         samples = [tok.decode(prompt + ids) for ids in new]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from armm.layout import VocabLayout
 from armm.plugins import get_plugins
 from armm.tokenizer import Tokenizer
 
@@ -57,9 +59,34 @@ class PaddedSamples(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        row = torch.from_numpy(self.rows[i].astype(np.int64))
+        return self.item(self.rows[i])
+
+    def item(self, row: np.ndarray) -> dict[str, torch.Tensor]:
+        row = torch.from_numpy(row.astype(np.int64))
         targets = row[1:].masked_fill(row[1:] == self.pad_id, IGNORE_INDEX)
         return {"input_ids": row[:-1].masked_fill(row[:-1] == self.pad_id, 0), "targets": targets}
+
+
+class ConditionDropout(Dataset):
+    """``PaddedSamples`` whose condition (the span of layout part ``part``) is replaced by the null token with
+    probability ``p``: classifier-free guidance training. The draw depends only on ``seed`` and the key
+    ``pass * len + index`` (``ResumableSampler(keyed=True)``), so a resumed run drops the same samples."""
+
+    def __init__(self, samples: PaddedSamples, layout: VocabLayout, part: str, p: float, seed: int) -> None:
+        layout.span(part)  # an unknown part fails now, naming the parts
+        self.samples, self.layout, self.part, self.p, self.seed = samples, layout, part, p, seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
+        row = self.samples.rows[key % len(self.samples)]
+        if random.Random(f"{self.seed}:{key}").random() < self.p:
+            pad = self.samples.pad_id
+            ids = self.layout.without_part([t for t in row.tolist() if t != pad], self.part)  # pads only trail
+            row = np.full_like(row, pad)
+            row[:len(ids)] = ids
+        return self.samples.item(row)
 
 
 class ResumableSampler(Sampler[int]):
@@ -67,10 +94,12 @@ class ResumableSampler(Sampler[int]):
 
     A resumed run passes ``start`` = items this rank already consumed, so it continues the exact order of an
     uninterrupted run. Rank ``r`` of ``world`` takes items ``r, r + world, …`` of the shared order.
+    With ``keyed=True`` it yields ``pass * size + index`` instead of ``index``, for datasets that vary per pass.
     """
 
-    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1, keyed: bool = False) -> None:
         self.size, self.seed, self.start, self.rank, self.world = size, seed, start, rank, world
+        self.keyed = keyed
 
     def __iter__(self) -> Iterator[int]:
         position = self.start * self.world + self.rank
@@ -79,7 +108,7 @@ class ResumableSampler(Sampler[int]):
             if position // self.size != epoch:
                 epoch = position // self.size
                 order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
-            yield int(order[position % self.size])
+            yield int(order[position % self.size]) + (epoch * self.size if self.keyed else 0)
             position += self.world
 
 
@@ -99,6 +128,9 @@ class TokenDataModule(L.LightningDataModule):
         cache_dir: Where tokenised data is cached.
         num_workers: DataLoader worker processes.
         seed: Seed of the split and of the window order.
+        condition_dropout: Probability of replacing a training sample's condition by the null token, for
+            classifier-free guidance (mixed layouts with ``layout: samples``).
+        condition: The layout part that conditions (e.g. ``text`` for a caption before an image).
     """
 
     def __init__(
@@ -115,8 +147,15 @@ class TokenDataModule(L.LightningDataModule):
         cache_dir: Path = Path("runs/cache"),
         num_workers: int = 0,
         seed: int = 0,
+        condition_dropout: float = 0.0,
+        condition: str | None = None,
     ) -> None:
         super().__init__()
+        if not 0 <= condition_dropout < 1:
+            raise ValueError(f"data.condition_dropout must be in [0, 1), got {condition_dropout}")
+        if condition_dropout and (condition is None or layout != "samples"):
+            raise ValueError("data.condition_dropout needs data.condition (the layout part that conditions, e.g. "
+                             "text) and data.layout: samples")
         if (dataset is None) == (path is None):
             raise ValueError("give exactly one of data.dataset (a built-in dataset, see `armm plugins`) or data.path")
         if layout not in ("packed", "samples"):
@@ -135,6 +174,7 @@ class TokenDataModule(L.LightningDataModule):
         self.tokenizer_name, self.tokenizer_dir, self.dataset, self.path = tokenizer, tokenizer_dir, dataset, path
         self.layout, self.seq_len, self.batch_size = layout, seq_len, batch_size
         self.val_fraction, self.cache_dir, self.num_workers, self.seed = val_fraction, Path(cache_dir), num_workers, seed
+        self.condition_dropout, self.condition = condition_dropout, condition
         self.tokenizer: Tokenizer | None = None
         self.meta: dict[str, Any] = {}
 
@@ -185,6 +225,11 @@ class TokenDataModule(L.LightningDataModule):
             self.prepare_data()
         self.meta = json.loads((cache / "meta.json").read_text())
         self.tokenizer = self.tokenizer_class.load(cache / "tokenizer")
+        if self.condition_dropout:
+            if not isinstance(self.tokenizer, VocabLayout):
+                raise ValueError(f"data.condition_dropout needs a mixed layout tokenizer (tokenizer: mixed), "
+                                 f"got {self.tokenizer.name!r}")
+            self.tokenizer.span(self.condition)  # an unknown part fails now, naming the parts
         self.train_tokens = np.load(cache / "train.npy", mmap_mode="r")
         self.val_tokens = np.load(cache / "val.npy", mmap_mode="r")
         for split, array in (("train", self.train_tokens), ("val", self.val_tokens)):
@@ -205,7 +250,10 @@ class TokenDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         consumed = trainer.global_step * trainer.accumulate_grad_batches * self.batch_size if trainer is not None else 0
-        sampler = ResumableSampler(len(dataset), self.seed, start=consumed, rank=rank, world=world)
+        keyed = bool(self.condition_dropout)
+        if keyed:
+            dataset = ConditionDropout(dataset, self.tokenizer, self.condition, self.condition_dropout, self.seed)
+        sampler = ResumableSampler(len(dataset), self.seed, start=consumed, rank=rank, world=world, keyed=keyed)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           drop_last=True)
 

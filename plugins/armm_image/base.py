@@ -55,6 +55,10 @@ class ImageTokenizer(Tokenizer):
         """Content ids per image."""
 
     @property
+    def sample_length(self) -> int:
+        return self.sequence_length
+
+    @property
     def vocab_size(self) -> int:
         return self.num_codes + 3
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from armm import Tokenizer
 from armm_image.base import ImageTokenizer
 
 
@@ -48,3 +52,27 @@ def sklearn_digits_labelled(tokenizer: ImageTokenizer) -> list[tuple[int, torch.
     """Dataset ``sklearn-digits-labelled``: the same digits as ``(label, image)`` pairs, label 0..9."""
     images, labels = digits_for(tokenizer)
     return list(zip(labels, images))
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTIONS = ("a handwritten {word}", "the digit {digit}", "a {word}", "number {word}", "{digit}",
+            "draw a {word}, please", "the number {digit}", "{word}")
+
+
+def caption(label: int, index: int) -> str:
+    """One of several phrasings of ``label`` ("a handwritten seven", "the digit 7", …), chosen by ``index``."""
+    template = random.Random(index).choice(CAPTIONS)
+    return template.format(word=DIGIT_WORDS[label], digit=label)
+
+
+def sklearn_digits_captioned(tokenizer: Tokenizer) -> list[list[tuple[str, Any]]]:
+    """Dataset ``sklearn-digits-captioned``: for a mixed layout with a text part (its ``prompt_part``) and an
+    image part, each train digit as ``[(text, "a handwritten seven"), (image, the digit)]``."""
+    parts = getattr(tokenizer, "parts", {})
+    images = [name for name, part in parts.items() if isinstance(part, ImageTokenizer)]
+    if not images or tokenizer.prompt_part == images[0]:
+        raise ValueError("dataset 'sklearn-digits-captioned' needs tokenizer: mixed with a text part (the layout's "
+                         "prompt_part) and an image part")
+    digits, labels = digits_for(parts[images[0]])
+    return [[(tokenizer.prompt_part, caption(label, index)), (images[0], image)]
+            for index, (label, image) in enumerate(zip(labels, digits))]
