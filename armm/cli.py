@@ -20,6 +20,7 @@ from armm.config import ModelConfig
 from armm.generation import Guidance, generate
 from armm.hf import convert
 from armm.layout import VocabLayout, sampler_for
+from armm.linear import DecodeWeights
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.registry import PluginError
@@ -76,6 +77,7 @@ def sample(
     part_samplers: dict[str, str] | None = None,
     guidance: float | None = None,
     guidance_tokens: int | None = None,
+    decode_weights: DecodeWeights = "packed",
 ) -> None:
     """Generate samples from a saved model, in any modality its tokenizer plugin handles.
 
@@ -94,8 +96,11 @@ def sample(
         guidance: Classifier-free guidance scale for a mixed-modality model trained with condition dropout
             (1 = none; 2 to 4 follow the prompt more closely).
         guidance_tokens: Guide only the first N tokens of each span.
+        decode_weights: Weight format for decoding on the CPU: packed (float32, fastest exact), int8 (weight-only,
+            faster, approximate) or plain.
     """
     model, tok = load_model_with_tokenizer(model_dir)
+    model.decode_weights = decode_weights
     ids = _prompt_ids(tok, prompt)
     sampler = sampler_for(tok, sampler, part_samplers)
     guided = guidance is not None or guidance_tokens is not None

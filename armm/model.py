@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from armm.config import ModelConfig
 from armm.kv_cache import KVCache
+from armm.linear import DecodeWeights, Linear, check_decode_weights
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -65,8 +66,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
+        self.qkv = Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        self.proj = Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
         self.dropout = config.dropout
         self.kv_cache: KVCache | None = None
 
@@ -97,8 +98,8 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
         hidden = config.d_ff * (2 if self.swiglu else 1)
-        self.fc = nn.Linear(config.d_model, hidden, bias=config.bias)
-        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.fc = Linear(config.d_model, hidden, bias=config.bias)
+        self.proj = Linear(config.d_ff, config.d_model, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor) -> Tensor:
@@ -131,7 +132,11 @@ class Transformer(nn.Module):
 
     Without a cache, ``forward`` is a full causal pass. After ``setup_cache``, ``forward(idx, start=s)``
     processes tokens at cache slots ``s .. s+T-1`` and attends to everything cached before them.
+    ``decode_weights`` picks the weight format linear layers decode with (see ``armm.linear``); ``setup_cache``
+    prepares it.
     """
+
+    decode_weights: DecodeWeights = "packed"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -140,7 +145,7 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
@@ -176,6 +181,10 @@ class Transformer(nn.Module):
             block.attn.kv_cache = KVCache(
                 batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device
             )
+        check_decode_weights(self.decode_weights)
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.prepare(self.decode_weights)
 
     def clear_cache(self) -> None:
         for block in self.blocks:

@@ -235,6 +235,8 @@ class Sampler:
         self.transforms = list(transforms)
         self.spec = spec or ",".join(type(t).__name__ for t in self.transforms)
         self.is_greedy = any(getattr(t, "deterministic", False) for t in self.transforms)
+        # greedy, top_k=1 and temperature=0, alone or chained, keep exactly the argmax of the raw logits
+        self.plain_argmax = bool(self.transforms) and all(getattr(t, "deterministic", False) for t in self.transforms)
 
     def __repr__(self) -> str:
         return f"Sampler({self.spec!r})"
@@ -247,6 +249,8 @@ class Sampler:
 
     def __call__(self, logits: Tensor, tokens: Tensor, generators: Sequence[torch.Generator] | None = None) -> Tensor:
         """Draw one token id per row → ``[B]``."""
+        if self.plain_argmax:
+            return logits.argmax(-1)
         logits = self.filter(logits, tokens)
         if self.is_greedy:
             return logits.argmax(-1)

@@ -1,16 +1,32 @@
-"""Benchmark: KV-cached generation (``armm.generate``) against an uncached, nanoGPT-style loop, on CPU.
+"""Benchmark: armm's KV-cached decoding against Hugging Face ``transformers`` ``generate()`` on the same weights.
 
-Run as ``python bench/generate.py`` (see ``--help``). It prints two tables:
+Run as ``python bench/generate.py`` (see ``--help``; ``transformers`` must be installed: it is a dev dependency,
+not a runtime one). For each model below, a ``transformers`` model is built with seeded random weights and
+loaded into armm through armm's checkpoint importer (``armm.hf.load_hf``), or an armm model is exported to a
+``transformers`` checkpoint (``armm.hf.export_hf``), so both sides run the same architecture and the same weights:
 
-1. Throughput of greedy generation, cached versus uncached, per batch size: tokens/s
-   (batch * new tokens / seconds), ms per decode step, the speed-up, and whether both paths
-   produced the same tokens.
-2. The cost of one decode step at an early and a late position of a long context, for both
-   paths, and the late/early ratio: flat-ish for the cache, growing for the uncached loop.
+- ``gpt2``: GPT-2 style, n_layer 6, n_head 6, d_model 384, vocab 50304 (``GPT2LMHeadModel``);
+- ``llama``: Llama style, 6 layers, d_model 384, 6 heads, 2 KV heads, d_ff 1024, vocab 32000 (``LlamaForCausalLM``);
+- ``small``: armm's ``gpt2-10m`` preset (6 x 384, vocab 4096, the size the recipes train), exported to ``transformers``.
 
-The model is randomly initialised (weights do not change the cost) and runs in float32 under
-``torch.inference_mode``. Every timing is the median of ``--repeats`` runs after a warm-up run.
-This is a benchmark, not a test: it asserts nothing and always exits 0 unless something crashes.
+It prints four tables:
+
+1. Greedy throughput, prompt 16 tokens, 256 new tokens, batch 1 and 8: tokens/s of each, the ratio armm /
+   transformers, and whether both produced identical tokens (checked here, not assumed). armm decodes with
+   its default weight format (``packed``: float32 in oneDNN's layout).
+2. armm's decode weight formats side by side (``plain`` float32 as training uses it, ``packed``, weight-only
+   ``int8``), and how many int8 tokens equal the float32 ones. The models are random, so their next-token
+   distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy int8 tokens
+   stay close to float32 (tests/test_linear.py states the tolerance).
+3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
+   read bandwidth (measured here: the best of several ``sum()`` passes over a 1 GiB tensor), and armm's
+   ms/token as a multiple of that floor.
+4. ms/token at early (~50) and late (~1000) positions of one long generation (gpt2 model, batch 1), for both:
+   the late/early ratio shows whether anything recomputes the prefix.
+
+Both sides run in float32 under ``torch.inference_mode`` with the same number of threads; timings alternate
+between the two (A, B, A, B, …) so a noisy machine slows both alike, and each figure is the median of
+``--repeats`` runs after a warm-up run. A benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,102 +35,148 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 import armm
 from armm import ModelConfig, Transformer
+from armm.hf import export_hf, load_hf
+from armm.linear import DECODE_WEIGHTS as FORMATS
 
 
-# --- the two generation paths ------------------------------------------------------------------
-def cached_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """``armm.generate``, greedy: prefill once, then one token per step from the static KV-cache."""
-    out = armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, sampler="greedy")
-    return torch.tensor(out)
+@dataclass
+class Pair:
+    """One architecture with the same weights in armm and in transformers."""
+
+    name: str
+    armm: Transformer
+    hf: torch.nn.Module
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of parameters a batch-1 decode step reads: everything but the embedding tables' unused rows
+        (the tied output layer still reads the whole token embedding)."""
+        model = self.armm
+        return model.num_params(non_embedding=True) * model.tok_emb.weight.element_size()
+
+
+# --- building the models -------------------------------------------------------------------------------------------
+def hf_pair(name: str, hf_model: torch.nn.Module, folder: Path) -> Pair:
+    """Save a transformers model as a checkpoint and load it into armm through the importer."""
+    hf_model.save_pretrained(folder)
+    model, _ = load_hf(folder, tokenizer=False)
+    return Pair(name, model.eval(), hf_model.eval())
+
+
+def build_pairs(names: list[str], max_len: int, folder: Path) -> list[Pair]:
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, AutoModelForCausalLM
+
+    pairs = []
+    for name in names:
+        torch.manual_seed(0)
+        if name == "gpt2":
+            config = GPT2Config(n_layer=6, n_head=6, n_embd=384, vocab_size=50304, n_positions=max_len)
+            pairs.append(hf_pair(name, GPT2LMHeadModel(config), folder / name))
+        elif name == "llama":
+            config = LlamaConfig(num_hidden_layers=6, hidden_size=384, num_attention_heads=6, num_key_value_heads=2,
+                                 intermediate_size=1024, vocab_size=32000, max_position_embeddings=max_len,
+                                 tie_word_embeddings=False)
+            pairs.append(hf_pair(name, LlamaForCausalLM(config), folder / name))
+        elif name == "small":
+            model = Transformer(ModelConfig.from_name("gpt2-10m", max_seq_len=max_len))
+            armm.save_model(folder / "small-armm", model)
+            export_hf(folder / "small-armm", folder / name)
+            hf_model = AutoModelForCausalLM.from_pretrained(folder / name, torch_dtype=torch.float32)
+            pairs.append(Pair(name, model.eval(), hf_model.eval()))
+        else:
+            raise SystemExit(f"unknown model {name!r}; choose from gpt2, llama, small")
+    return pairs
+
+
+# --- the two generation paths ------------------------------------------------------------------------------------
+def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str = "packed") -> torch.Tensor:
+    """``armm.generate``, greedy, decoding with the weight format ``weights`` (see ``armm.linear``)."""
+    model.decode_weights = weights
+    return torch.tensor(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, sampler="greedy"))
 
 
 @torch.inference_mode()
-def uncached_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """The nanoGPT loop: every step is a full forward over the whole prefix, keeping the last logits."""
-    assert not model.has_cache
-    seq = prompts
-    for _ in range(new_tokens):
-        token = model(seq)[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        seq = torch.cat([seq, token], dim=1)
-    return seq[:, prompts.size(1):]
+def hf_generate(model: torch.nn.Module, prompts: torch.Tensor, new_tokens: int, processors=None) -> torch.Tensor:
+    out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+                         logits_processor=processors)
+    return out[:, prompts.size(1):]
 
 
-# --- timing helpers ----------------------------------------------------------------------------
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], object]:
-    """Median seconds of ``repeats`` timed calls (after the caller's warm-up), all times, last result."""
-    times, result = [], None
+def alternate(fns: list[Callable[[], torch.Tensor]], repeats: int) -> tuple[list[float], list[torch.Tensor]]:
+    """Median seconds of each function, timed in turn ``repeats`` times after one warm-up call each."""
+    times: list[list[float]] = [[] for _ in fns]
+    results = [fn() for fn in fns]  # warm-up
     for _ in range(repeats):
-        seconds, result = timed(fn)
-        times.append(seconds)
-    return statistics.median(times), times, result
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            results[i] = fn()
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times], results
 
 
-@torch.inference_mode()
-def cached_step_ms(model: Transformer, batch: int, position: int, steps: int, repeats: int) -> float:
-    """Median ms of one cached decode step at slots ``position - steps//2 ..`` (prefix prefilled first)."""
-    vocab, max_len = model.config.vocab_size, model.config.max_seq_len
-    first = max(1, position - steps // 2)
-    assert first + steps <= max_len, (first, steps, max_len)
-    gen = torch.Generator().manual_seed(position)
-    prefix = torch.randint(0, vocab, (batch, first), generator=gen)
-    token = torch.randint(0, vocab, (batch, 1), generator=gen)
-    times = []
-    model.setup_cache(batch, max_len)
-    try:
-        for rep in range(repeats + 1):  # the first pass is a warm-up
-            model(prefix, start=0)  # prefill slots 0 .. first-1 (not timed)
-            for slot in range(first, first + steps):
-                seconds, logits = timed(lambda: model(token, start=slot))
-                token = logits[:, -1].argmax(-1, keepdim=True)
-                if rep:
-                    times.append(seconds)
-    finally:
-        model.clear_cache()
-    return statistics.median(times) * 1e3
+def same_tokens(a: torch.Tensor, b: torch.Tensor) -> str:
+    if a.shape == b.shape and torch.equal(a, b):
+        return "yes"
+    if a.shape != b.shape:
+        return f"NO (shapes {tuple(a.shape)} vs {tuple(b.shape)})"
+    first = int((a != b).any(0).nonzero()[0])
+    return f"NO ({int((a != b).any(1).sum())} row(s) differ from step {first})"
 
 
-@torch.inference_mode()
-def uncached_step_ms(model: Transformer, batch: int, position: int, repeats: int) -> float:
-    """Median ms of the uncached step that predicts the token at ``position``: a forward over ``position`` tokens."""
-    gen = torch.Generator().manual_seed(position)
-    seq = torch.randint(0, model.config.vocab_size, (batch, position), generator=gen)
-    step = lambda: model(seq)[:, -1].argmax(-1)  # noqa: E731
-    step()  # warm-up
-    return median_time(step, repeats)[0] * 1e3
+# --- per-step timings ---------------------------------------------------------------------------------------------
+def armm_step_times(model: Transformer, prompt: torch.Tensor, new_tokens: int) -> list[float]:
+    """Seconds between consecutive tokens of one streamed greedy generation."""
+    stamps = [time.perf_counter()]
+    for _ in armm.generate(model, prompt.tolist(), max_new_tokens=new_tokens, sampler="greedy", stream=True):
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def load_average() -> float | None:
-    """The 1-minute load average (Unix only): other busy processes make these timings meaningless."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
+def hf_step_times(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> list[float]:
+    """Seconds between consecutive calls of a logits processor: one call per generated token."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    stamps: list[float] = []
+
+    class Stamp(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            stamps.append(time.perf_counter())
+            return scores
+
+    hf_generate(model, prompt, new_tokens, LogitsProcessorList([Stamp()]))
+    return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def warn_if_busy(when: str) -> None:
-    """Warn when other processes share the cores. At the end, this run's own threads are part of the load."""
-    load, cpus = load_average(), os.cpu_count() or 1
-    own = 0 if when == "start" else torch.get_num_threads()
-    if load is not None and load > own + 0.25 * cpus + 0.5:
-        print(f"WARNING ({when}): 1-min load average {load:.1f} on {cpus} CPU(s) (this run: {own} thread(s)): "
-              f"other processes are competing for the cores, so timings are inflated and noisy "
-              f"(especially with more than one thread); rerun on an idle machine.", flush=True)
+def around(times: list[float], position: int, prompt_len: int, window: int = 20) -> float:
+    """Median ms of the steps that predict tokens at ``position ± window/2``."""
+    first = max(0, position - prompt_len - window // 2)
+    return statistics.median(times[first:first + window]) * 1e3
 
 
-# --- output ----------------------------------------------------------------------------------------
+# --- the machine --------------------------------------------------------------------------------------------------
+def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+    """Memory read bandwidth in bytes/s: the best of ``repeats`` ``sum()`` passes over ``gib`` GiB of float32."""
+    data = torch.ones(int(gib * 2**30) // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return data.numel() * 4 / best
+
+
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     """A Markdown pipe table (readable in a terminal, pastes straight into docs)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -123,103 +185,99 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     for row in rows:
         print(line(row))
+    print(flush=True)
 
 
-def compare(cached: torch.Tensor, uncached: torch.Tensor) -> str:
-    if cached.shape == uncached.shape and torch.equal(cached, uncached):
-        return "yes"
-    if cached.shape != uncached.shape:
-        return f"NO (shapes {tuple(cached.shape)} vs {tuple(uncached.shape)})"
-    diff = (cached != uncached).any(0).nonzero()
-    rows = (cached != uncached).any(1).sum().item()
-    return f"NO ({rows} row(s) differ from step {diff[0].item()})"
-
-
-# --- main ------------------------------------------------------------------------------------------
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--preset", default="gpt2-10m", help="model preset (default: gpt2-10m, about 10M parameters)")
-    parser.add_argument("--max-seq-len", type=int, default=1024,
-                        help="model context; the late-position timing runs near its end (default: 1024)")
-    parser.add_argument("--new-tokens", type=int, default=256, help="new tokens per prompt (default: 256)")
-    parser.add_argument("--prompt-len", type=int, default=16, help="prompt length in tokens (default: 16)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="batch sizes (default: 1 8)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["gpt2", "llama", "small"], help="gpt2 llama small")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the median is shown")
+    parser.add_argument("--max-seq-len", type=int, default=1024)
+    parser.add_argument("--late", type=int, default=1000, help="late position of the position table (0 skips it)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is shown (default: 3)")
-    parser.add_argument("--uncached-repeats", type=int, default=1,
-                        help="timed runs of the (slow) uncached loop in the throughput table (default: 1)")
-    parser.add_argument("--step-window", type=int, default=16,
-                        help="decode steps timed around each position in the position table (default: 16)")
-    parser.add_argument("--early", type=int, default=50, help="early position (default: 50)")
-    parser.add_argument("--late", type=int, default=None, help="late position (default: max-seq-len - 10)")
-    parser.add_argument("--skip-positions", action="store_true", help="skip the early/late position table")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    late = args.late if args.late is not None else args.max_seq_len - 10
-    config = ModelConfig.from_name(args.preset, max_seq_len=args.max_seq_len)
-    model = Transformer(config).to(torch.float32).eval()
-    gen = torch.Generator().manual_seed(args.seed)
+    warnings.filterwarnings("ignore")
+    import transformers
 
-    print(f"armm {armm.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
-          f"{platform.machine()}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    load = load_average()
-    print(f"threads: {torch.get_num_threads()} intra-op, os.cpu_count()={os.cpu_count()}, "
-          f"1-min load average before start: {'n/a' if load is None else f'{load:.2f}'}")
-    print(f"model: {args.preset}, max_seq_len={config.max_seq_len}, {model.num_params() / 1e6:.2f}M parameters "
-          f"({model.num_params(non_embedding=False) / 1e6:.2f}M with position embeddings), float32, CPU")
-    print(f"greedy, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens; median of {args.repeats} "
-          f"run(s) (uncached throughput: {args.uncached_repeats}) after a warm-up run\n")
+    transformers.logging.set_verbosity_error()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"armm {armm.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
+          f"python {platform.python_version()}, {platform.machine()}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
+          f"1-min load average {load:.2f} on {os.cpu_count()} CPUs")
 
-    warn_if_busy("start")
+    with tempfile.TemporaryDirectory() as folder:
+        pairs = build_pairs(args.models, args.max_seq_len, Path(folder))
+    for pair in pairs:
+        print(f"{pair.name}: {pair.armm.num_params(non_embedding=False) / 1e6:.1f}M parameters, "
+              f"{pair.weight_bytes / 1e6:.1f} MB of weights read per decode step")
+    print(f"greedy, float32, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of "
+          f"{args.repeats} after a warm-up\n")
 
-    # --- 1. throughput -----------------------------------------------------------------------------
-    rows = []
-    for batch in args.batch_sizes:
-        prompts = torch.randint(0, config.vocab_size, (batch, args.prompt_len), generator=gen)
-        n = args.new_tokens
-
-        cached_generate(model, prompts, n)  # warm-up
-        c_sec, c_times, c_out = median_time(lambda: cached_generate(model, prompts, n), args.repeats)
-
-        uncached_generate(model, prompts, min(n, 16))  # warm-up (short: the full loop is the slow part)
-        u_sec, u_times, u_out = median_time(lambda: uncached_generate(model, prompts, n), args.uncached_repeats)
-
-        same = compare(c_out, u_out)
-        for name, sec, times in (("cached (armm.generate)", c_sec, c_times), ("uncached (full forward)", u_sec, u_times)):
-            spread = f"{min(times):.2f}-{max(times):.2f}" if len(times) > 1 else "-"
-            rows.append([str(batch), name, f"{batch * n / sec:,.0f}", f"{sec / n * 1e3:.2f}", f"{sec:.2f}", spread,
-                         f"{u_sec / c_sec:.1f}x" if name.startswith("cached") else "1.0x",
-                         same if name.startswith("cached") else ""])
-        print(f"  batch {batch}: cached {c_sec:.2f}s, uncached {u_sec:.2f}s, identical tokens: {same}", flush=True)
+    # 1. throughput
+    rows, batch1_ms, batch1_int8_ms = [], {}, {}
+    gen = torch.Generator().manual_seed(0)
+    for pair in pairs:
+        for batch in args.batch_sizes:
+            prompts = torch.randint(0, pair.armm.config.vocab_size, (batch, args.prompt_len), generator=gen)
+            n = args.new_tokens
+            (a_sec, h_sec), (a_out, h_out) = alternate(
+                [lambda: armm_generate(pair.armm, prompts, n), lambda: hf_generate(pair.hf, prompts, n)], args.repeats)
+            rows.append([pair.name, str(batch), f"{batch * n / a_sec:,.0f}", f"{batch * n / h_sec:,.0f}",
+                         f"{h_sec / a_sec:.2f}x", f"{a_sec / n * 1e3:.2f}", f"{h_sec / n * 1e3:.2f}",
+                         same_tokens(a_out, h_out)])
+            print(f"  {pair.name} batch {batch}: armm {a_sec:.2f} s, transformers {h_sec:.2f} s", flush=True)
     print()
-    print_table(["batch", "path", "tokens/s", "ms/token", "total s", "min-max s", "speed-up", "same tokens"], rows)
-    print("\nms/token = ms per decode step (one token for every row of the batch); "
-          "cached time includes the prompt prefill.\n")
+    print_table(["model", "batch", "armm tok/s", "transformers tok/s", "armm / transformers", "armm ms/step",
+                 "transformers ms/step", "identical tokens"], rows)
 
-    if args.skip_positions:
-        warn_if_busy("end")
-        return
-
-    # --- 2. cost of one decode step, early vs late -------------------------------------------------
+    # 2. decode weight formats
     rows = []
-    for batch in args.batch_sizes:
-        c_early = cached_step_ms(model, batch, args.early, args.step_window, args.repeats)
-        c_late = cached_step_ms(model, batch, late, args.step_window, args.repeats)
-        u_early = uncached_step_ms(model, batch, args.early, args.repeats)
-        u_late = uncached_step_ms(model, batch, late, args.repeats)
-        rows.append([str(batch), "cached", f"{c_early:.2f}", f"{c_late:.2f}", f"{c_late / c_early:.2f}x"])
-        rows.append([str(batch), "uncached", f"{u_early:.2f}", f"{u_late:.2f}", f"{u_late / u_early:.2f}x"])
-        print(f"  batch {batch}: done", flush=True)
-    print()
-    print_table(["batch", "path", f"ms/step @ pos ~{args.early}", f"ms/step @ pos ~{late}", "late/early"], rows)
-    print(f"\ncached: median of {args.step_window} single-token steps around each position "
-          f"(model(token, start=slot) on a prefilled cache) x {args.repeats} repeats; "
-          f"uncached: one full forward over that many tokens, median of {args.repeats}.")
-    warn_if_busy("end")
+    for pair in pairs:
+        for batch in args.batch_sizes:
+            prompts = torch.randint(0, pair.armm.config.vocab_size, (batch, args.prompt_len), generator=gen)
+            n = args.new_tokens
+            seconds, outputs = alternate([lambda w=w: armm_generate(pair.armm, prompts, n, w) for w in FORMATS],
+                                         args.repeats)
+            cells = [f"{batch * n / sec:,.0f}" for sec in seconds]
+            rows.append([pair.name, str(batch), *cells, f"{seconds[0] / seconds[1]:.2f}x",
+                         f"{seconds[1] / seconds[2]:.2f}x", f"{(outputs[2] == outputs[0]).float().mean():.0%}"])
+            if batch == 1:
+                batch1_ms[pair.name] = seconds[1] / n * 1e3
+                batch1_int8_ms[pair.name] = seconds[2] / n * 1e3
+    print("armm's decode weight formats (armm.linear), tokens/s:")
+    print_table(["model", "batch", *FORMATS, "packed / plain", "int8 / packed", "int8 tokens = float32 tokens"], rows)
+
+    # 3. the bandwidth floor
+    bandwidth = read_bandwidth()
+    rows = []
+    for pair in pairs:
+        if pair.name in batch1_ms:
+            for label, bytes_per_weight, ms in (("float32", 4, batch1_ms), ("int8", 1, batch1_int8_ms)):
+                weight_bytes = pair.weight_bytes // 4 * bytes_per_weight
+                floor = weight_bytes / bandwidth * 1e3
+                rows.append([pair.name, label, f"{weight_bytes / 1e6:.1f}", f"{bandwidth / 1e9:.1f}", f"{floor:.2f}",
+                             f"{ms[pair.name]:.2f}", f"{ms[pair.name] / floor:.2f}x"])
+    print_table(["model", "weights", "weights read / token (MB)", "read bandwidth (GB/s)", "floor ms/token",
+                 "armm ms/token (batch 1)", "armm / floor"], rows)
+
+    # 4. early and late positions
+    if args.late:
+        pair = pairs[0]
+        new = args.late + 10 - args.prompt_len
+        prompt = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
+        a_times, h_times = armm_step_times(pair.armm, prompt, new), hf_step_times(pair.hf, prompt, new)
+        rows = []
+        for label, times in (("armm", a_times), ("transformers", h_times)):
+            early, late = around(times, 50, args.prompt_len), around(times, args.late, args.prompt_len)
+            rows.append([label, f"{early:.2f}", f"{late:.2f}", f"{late / early:.2f}x"])
+        print(f"{pair.name}, batch 1, one generation of {new} tokens; median of the 20 steps around each position")
+        print_table(["library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early"], rows)
 
 
 if __name__ == "__main__":
