@@ -8,6 +8,7 @@ from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.sampling import Sampler, build_sampler
 from armm.scoring import Score, score
+from armm.speculative import SpeculativeStats, speculative_generate
 from armm.tokenizer import ByteTokenizer, Tokenizer
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "ModelConfig",
     "Sampler",
     "Score",
+    "SpeculativeStats",
     "Tokenizer",
     "Transformer",
     "build_sampler",
@@ -26,5 +28,6 @@ __all__ = [
     "load_tokenizer",
     "save_model",
     "score",
+    "speculative_generate",
 ]
 __version__ = "0.1.0"

@@ -91,8 +91,8 @@ def generate(
         rows = rows + unconditional
     sampler = build_sampler(sampler)
     batch_size = len(prompts)
-    stops = _stop_table(stop_tokens, batch_size, config.vocab_size, device)
-    generators = None if sampler.is_greedy else _generators(seed, batch_size, device)
+    stops = stop_table(stop_tokens, batch_size, config.vocab_size, device)
+    generators = None if sampler.is_greedy else row_generators(seed, batch_size, device)
     steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance)
     if stream:
         return ([None if done else t for t, done in zip(token.tolist(), done_before.tolist())]
@@ -131,7 +131,7 @@ def check_prompts(prompts: Prompts, vocab_size: int, max_seq_len: int, max_new_t
     return checked
 
 
-def _stop_table(stop_tokens: StopTokens, batch_size: int, vocab_size: int, device: torch.device) -> Tensor | None:
+def stop_table(stop_tokens: StopTokens, batch_size: int, vocab_size: int, device: torch.device) -> Tensor | None:
     """Stop ids as ``[B, S]`` (``-1`` fill), or None when there are none."""
     rows = list(stop_tokens)
     if rows and all(isinstance(s, int) for s in rows):
@@ -148,7 +148,8 @@ def _stop_table(stop_tokens: StopTokens, batch_size: int, vocab_size: int, devic
     return torch.tensor([r + [-1] * (width - len(r)) for r in rows], device=device)
 
 
-def _generators(seed: Seed, batch_size: int, device: torch.device) -> list[torch.Generator] | None:
+def row_generators(seed: Seed, batch_size: int, device: torch.device) -> list[torch.Generator] | None:
+    """One seeded generator per row (``seed`` is one int for all rows or one per row), or None without a seed."""
     if seed is None:
         return None
     seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)

@@ -83,9 +83,10 @@ class Linear(nn.Linear):
         self.prepared = (mode, version, tensors)
 
     def forward(self, x: Tensor) -> Tensor:
-        prepared = self.prepared
-        if prepared is None or torch.is_grad_enabled() or prepared[1] != self.weight_version():
-            return F.linear(x, self.weight, self.bias)
+        prepared, weight = self.prepared, self.weight
+        if (prepared is None or torch.is_grad_enabled() or torch.compiler.is_compiling()  # inductor packs its own
+                or prepared[1] != (weight.data_ptr(), weight._version, weight.dtype)):  # weight_version(), inlined
+            return F.linear(x, weight, self.bias)
         mode, _, tensors = prepared
         if mode == "packed":
             return torch.ops.mkldnn._linear_pointwise(x, tensors[0], self.bias, "none", [], "")

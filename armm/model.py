@@ -11,7 +11,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from armm.config import ModelConfig
@@ -76,9 +75,10 @@ class CausalSelfAttention(nn.Module):
     ) -> Tensor:
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
-        q = rearrange(q, "b t (h d) -> b h t d", d=self.head_dim)  # (B, nh, T, hd)
-        k = rearrange(k, "b t (h d) -> b h t d", d=self.head_dim)  # (B, nkv, T, hd)
-        v = rearrange(v, "b t (h d) -> b h t d", d=self.head_dim)  # (B, nkv, T, hd)
+        B, T = x.shape[:2]  # plain view/transpose: einops costs ~10 µs a call, a tenth of a small decode step
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.kv_cache is not None:
@@ -87,7 +87,7 @@ class CausalSelfAttention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, nh, T, hd)
-        y = rearrange(y, "b h t d -> b t (h d)")
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh*hd)
         return F.dropout(self.proj(y), self.dropout, self.training)
 
 

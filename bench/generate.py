@@ -9,7 +9,7 @@ loaded into armm through armm's checkpoint importer (``armm.hf.load_hf``), or an
 - ``llama``: Llama style, 6 layers, d_model 384, 6 heads, 2 KV heads, d_ff 1024, vocab 32000 (``LlamaForCausalLM``);
 - ``small``: armm's ``gpt2-10m`` preset (6 x 384, vocab 4096, the size the recipes train), exported to ``transformers``.
 
-It prints four tables:
+It prints these tables:
 
 1. Greedy throughput, prompt 16 tokens, 256 new tokens, batch 1 and 8: tokens/s of each, the ratio armm /
    transformers, and whether both produced identical tokens (checked here, not assumed). armm decodes with
@@ -21,7 +21,8 @@ It prints four tables:
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
    read bandwidth (measured here: the best of several ``sum()`` passes over a 1 GiB tensor), and armm's
    ms/token as a multiple of that floor.
-4. ms/token at early (~50) and late (~1000) positions of one long generation (gpt2 model, batch 1), for both:
+4. With ``--compile``: the cost of ``torch.compile`` and its steady-state speed (opt-in: it does not pay on CPU).
+5. ms/token at early (~50) and late (~1000) positions of one long generation (gpt2 model, batch 1), for both:
    the late/early ratio shows whether anything recomputes the prefix.
 
 Both sides run in float32 under ``torch.inference_mode`` with the same number of threads; timings alternate
@@ -88,6 +89,11 @@ def build_pairs(names: list[str], max_len: int, folder: Path) -> list[Pair]:
                                  intermediate_size=1024, vocab_size=32000, max_position_embeddings=max_len,
                                  tie_word_embeddings=False)
             pairs.append(hf_pair(name, LlamaForCausalLM(config), folder / name))
+        elif name == "llama-1b":  # TinyLlama's shape: for the GPU run (bench/gpu.sh)
+            config = LlamaConfig(num_hidden_layers=22, hidden_size=2048, num_attention_heads=32, num_key_value_heads=4,
+                                 intermediate_size=5632, vocab_size=32000, max_position_embeddings=max_len,
+                                 tie_word_embeddings=False)
+            pairs.append(hf_pair(name, LlamaForCausalLM(config), folder / name))
         elif name == "small":
             model = Transformer(ModelConfig.from_name("gpt2-10m", max_seq_len=max_len))
             armm.save_model(folder / "small-armm", model)
@@ -95,7 +101,7 @@ def build_pairs(names: list[str], max_len: int, folder: Path) -> list[Pair]:
             hf_model = AutoModelForCausalLM.from_pretrained(folder / name, torch_dtype=torch.float32)
             pairs.append(Pair(name, model.eval(), hf_model.eval()))
         else:
-            raise SystemExit(f"unknown model {name!r}; choose from gpt2, llama, small")
+            raise SystemExit(f"unknown model {name!r}; choose from gpt2, llama, llama-1b, small")
     return pairs
 
 
@@ -108,10 +114,12 @@ def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, we
 
 @torch.inference_mode()
 def hf_generate(model: torch.nn.Module, prompts: torch.Tensor, new_tokens: int, processors=None) -> torch.Tensor:
+    device = next(model.parameters()).device
+    prompts = prompts.to(device)
     out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
                          logits_processor=processors)
-    return out[:, prompts.size(1):]
+    return out[:, prompts.size(1):].cpu()
 
 
 def alternate(fns: list[Callable[[], torch.Tensor]], repeats: int) -> tuple[list[float], list[torch.Tensor]]:
@@ -166,13 +174,20 @@ def around(times: list[float], position: int, prompt_len: int, window: int = 20)
 
 
 # --- the machine --------------------------------------------------------------------------------------------------
-def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def read_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -> float:
     """Memory read bandwidth in bytes/s: the best of ``repeats`` ``sum()`` passes over ``gib`` GiB of float32."""
-    data = torch.ones(int(gib * 2**30) // 4)
+    data = torch.ones(int(gib * 2**30) // 4, device=device)
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         data.sum()
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return data.numel() * 4 / best
 
@@ -198,7 +213,12 @@ def main() -> None:
     parser.add_argument("--max-seq-len", type=int, default=1024)
     parser.add_argument("--late", type=int, default=1000, help="late position of the position table (0 skips it)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time armm.generate on torch.compile(model, dynamic=True): compile cost, steady state")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
     args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -214,9 +234,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         pairs = build_pairs(args.models, args.max_seq_len, Path(folder))
     for pair in pairs:
+        pair.armm.to(device=device, dtype=dtype)
+        pair.hf.to(device=device, dtype=dtype)
+    for pair in pairs:
         print(f"{pair.name}: {pair.armm.num_params(non_embedding=False) / 1e6:.1f}M parameters, "
               f"{pair.weight_bytes / 1e6:.1f} MB of weights read per decode step")
-    print(f"greedy, float32, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of "
+    print(f"greedy, {args.dtype} on {device}, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, median of "
           f"{args.repeats} after a warm-up\n")
 
     # 1. throughput
@@ -228,6 +251,8 @@ def main() -> None:
             n = args.new_tokens
             (a_sec, h_sec), (a_out, h_out) = alternate(
                 [lambda: armm_generate(pair.armm, prompts, n), lambda: hf_generate(pair.hf, prompts, n)], args.repeats)
+            if batch == 1:
+                batch1_ms[pair.name] = a_sec / n * 1e3
             rows.append([pair.name, str(batch), f"{batch * n / a_sec:,.0f}", f"{batch * n / h_sec:,.0f}",
                          f"{h_sec / a_sec:.2f}x", f"{a_sec / n * 1e3:.2f}", f"{h_sec / n * 1e3:.2f}",
                          same_tokens(a_out, h_out)])
@@ -236,9 +261,9 @@ def main() -> None:
     print_table(["model", "batch", "armm tok/s", "transformers tok/s", "armm / transformers", "armm ms/step",
                  "transformers ms/step", "identical tokens"], rows)
 
-    # 2. decode weight formats
+    # 2. decode weight formats (CPU kernels)
     rows = []
-    for pair in pairs:
+    for pair in pairs if device.type == "cpu" else []:
         for batch in args.batch_sizes:
             prompts = torch.randint(0, pair.armm.config.vocab_size, (batch, args.prompt_len), generator=gen)
             n = args.new_tokens
@@ -248,25 +273,48 @@ def main() -> None:
             rows.append([pair.name, str(batch), *cells, f"{seconds[0] / seconds[1]:.2f}x",
                          f"{seconds[1] / seconds[2]:.2f}x", f"{(outputs[2] == outputs[0]).float().mean():.0%}"])
             if batch == 1:
-                batch1_ms[pair.name] = seconds[1] / n * 1e3
                 batch1_int8_ms[pair.name] = seconds[2] / n * 1e3
-    print("armm's decode weight formats (armm.linear), tokens/s:")
-    print_table(["model", "batch", *FORMATS, "packed / plain", "int8 / packed", "int8 tokens = float32 tokens"], rows)
+    if rows:
+        print("armm's decode weight formats (armm.linear), tokens/s:")
+        print_table(["model", "batch", *FORMATS, "packed / plain", "int8 / packed", "int8 tokens = float32 tokens"], rows)
 
     # 3. the bandwidth floor
-    bandwidth = read_bandwidth()
+    bandwidth = read_bandwidth(device)
     rows = []
     for pair in pairs:
         if pair.name in batch1_ms:
-            for label, bytes_per_weight, ms in (("float32", 4, batch1_ms), ("int8", 1, batch1_int8_ms)):
-                weight_bytes = pair.weight_bytes // 4 * bytes_per_weight
+            size = pair.armm.tok_emb.weight.element_size()
+            for label, bytes_per_weight, ms in ((args.dtype, size, batch1_ms), ("int8", 1, batch1_int8_ms)):
+                if pair.name not in ms:
+                    continue  # int8 runs on the CPU only; on a GPU, decode in bfloat16 (--dtype)
+                weight_bytes = pair.weight_bytes // size * bytes_per_weight
                 floor = weight_bytes / bandwidth * 1e3
                 rows.append([pair.name, label, f"{weight_bytes / 1e6:.1f}", f"{bandwidth / 1e9:.1f}", f"{floor:.2f}",
                              f"{ms[pair.name]:.2f}", f"{ms[pair.name] / floor:.2f}x"])
     print_table(["model", "weights", "weights read / token (MB)", "read bandwidth (GB/s)", "floor ms/token",
                  "armm ms/token (batch 1)", "armm / floor"], rows)
 
-    # 4. early and late positions
+    # 4. torch.compile of the model, opt-in: does it pay?
+    if args.compile:
+        rows = []
+        for pair in pairs:
+            compiled = torch.compile(pair.armm, dynamic=True)
+            prompts = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
+            start = time.perf_counter()
+            armm_generate(compiled, prompts, args.new_tokens)  # compiles the prefill and the decode step
+            first = time.perf_counter() - start
+            (eager, steady), (a, b) = alternate([lambda: armm_generate(pair.armm, prompts, args.new_tokens),
+                                                 lambda: armm_generate(compiled, prompts, args.new_tokens)],
+                                                args.repeats)
+            n = args.new_tokens
+            rows.append([pair.name, f"{first:.1f}", f"{eager / n * 1e3:.2f}", f"{steady / n * 1e3:.2f}",
+                         f"{eager / steady:.2f}x", f"{first / max(eager - steady, 1e-9) * n:,.0f}" if eager > steady
+                         else "never", same_tokens(a, b)])
+        print("torch.compile(model, dynamic=True), batch 1 (armm eager decodes with packed weights):")
+        print_table(["model", "first call s (compile)", "eager ms/token", "compiled ms/token", "speed-up",
+                     "tokens to repay the compile", "identical tokens"], rows)
+
+    # 5. early and late positions
     if args.late:
         pair = pairs[0]
         new = args.late + 10 - args.prompt_len
