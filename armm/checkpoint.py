@@ -8,10 +8,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_into, save_model as save_safetensors_from
 
 from armm.config import ModelConfig
+from armm.files import read_json_object
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.tokenizer import Tokenizer
@@ -69,7 +70,11 @@ def load_model(
     except SafetensorError as err:
         raise ValueError(f"{directory / WEIGHTS_FILE} is corrupt or not a safetensors file ({err})") from None
     except RuntimeError as err:
-        raise ValueError(f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: {err}") from None
+        difference = _weights_mismatch(directory / WEIGHTS_FILE, model) or " ".join(str(err).split())
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: {difference}; the weights and the "
+            f"config come from different models: use the config.json saved with these weights"
+        ) from None
     model.to(device=device, dtype=dtype).eval()
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR) if (directory / TOKENIZER_DIR).is_dir() else None
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
@@ -90,11 +95,36 @@ def load_model_with_tokenizer(
     return model, tokenizer
 
 
+def _weights_mismatch(path: Path, model: Transformer) -> str | None:
+    """The first tensor in the weights at ``path`` that ``model`` has no place for, in words; None if all fit."""
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    with safe_open(str(path), "pt") as weights:
+        found = {name: list(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    for name, shape in found.items():
+        if name not in expected:
+            return f"the weights hold a tensor {name} that this config has no place for"
+        if shape != expected[name]:
+            return f"tensor {name} has shape {shape} in the weights but {expected[name]} under the config"
+    return None
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Load a tokenizer folder written by ``save_model`` through the plugin that registered its name."""
     directory = Path(directory)
     meta_path = directory / TOKENIZER_META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{directory} has no {TOKENIZER_META}; it was not written by armm.save_model")
-    name = json.loads(meta_path.read_text())["name"]
-    return get_plugins().tokenizers.get(name).load(directory)
+    meta = read_json_object(meta_path, '{"name": ..., "vocab_size": ...} of the tokenizer that reads this folder')
+    name = meta.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"{meta_path} names no tokenizer (its name is {name!r}); re-save the model with save_model")
+    tokenizer_class = get_plugins().tokenizers.get(name)
+    try:
+        tokenizer = tokenizer_class.load(directory)
+    except (KeyError, TypeError) as err:  # a settings file with a missing, unknown or mistyped entry
+        raise ValueError(f"the files in {directory} do not fit tokenizer {name!r} ({type(err).__name__}: {err}); "
+                         f"re-save the tokenizer with the installed version of its plugin") from None
+    if meta.get("vocab_size", tokenizer.vocab_size) != tokenizer.vocab_size:
+        raise ValueError(f"{meta_path} says {meta['vocab_size']} ids but the tokenizer files in {directory} make "
+                         f"{tokenizer.vocab_size}; the folder mixes files of two tokenizers")
+    return tokenizer

@@ -3,6 +3,7 @@ docstring into ``--help``. Options may be written ``--max-new-tokens`` or ``--ma
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import typing
@@ -19,11 +20,11 @@ from armm.checkpoint import load_model_with_tokenizer, save_model
 from armm.config import ModelConfig
 from armm.generation import Guidance, generate
 from armm.hf import convert
+from armm.inspect_cli import COMMANDS as INSPECT_COMMANDS
 from armm.layout import VocabLayout, sampler_for
 from armm.linear import DecodeWeights
 from armm.model import Transformer
 from armm.plugins import get_plugins
-from armm.registry import PluginError
 from armm.scoring import score as score_ids
 from armm.server import serve
 from armm.textstream import stream_text
@@ -100,6 +101,10 @@ def sample(
             faster, approximate) or plain.
     """
     model, tok = load_model_with_tokenizer(model_dir)
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    if output is None and not isinstance(tok.decode([]), str):
+        raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
     model.decode_weights = decode_weights
     ids = _prompt_ids(tok, prompt)
     sampler = sampler_for(tok, sampler, part_samplers)
@@ -114,8 +119,6 @@ def sample(
     stops = [tok.eos_id] if tok.eos_id is not None else []
     seeds = None if seed is None else [seed + i for i in range(num_samples)]
     if stream and output is None:
-        if not isinstance(tok.decode([]), str):
-            raise ValueError(f"--stream prints text, but {tok.modality} samples are files: pass --output PATH")
         for i in range(num_samples):
             steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
                              seed=None if seeds is None else seeds[i], stream=True, guidance=guide(1))
@@ -132,8 +135,6 @@ def sample(
         for path in tok.write(samples, output):
             console.print(f"wrote {path}", highlight=False)
         return
-    if not all(isinstance(s, str) for s in samples):
-        raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
     for i, text in enumerate(samples):
         if num_samples > 1:
             console.rule(f"sample {i}")
@@ -152,6 +153,8 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None) ->
     if (text is None) == (file is None):
         raise ValueError("give exactly one of --text or --file")
     model, tok = load_model_with_tokenizer(model_dir)
+    if text is not None and not isinstance(tok.decode([]), str):
+        raise ValueError(f"--text scores text, but {tok.modality} samples are files: pass --file PATH")
     samples = [text] if text is not None else tok.read(file)
     results = [score_ids(model, _sample_ids(tok, s)) for s in samples]
     log_likelihood = sum(r.log_likelihood for r in results)
@@ -204,6 +207,7 @@ COMMANDS = [plugins, init, sample, score, chat, serve, convert]
 
 
 TRAINING_COMMANDS = ("fit", "validate")
+USER_ERRORS = (ValueError, OSError, argparse.ArgumentError)  # reported in one line; PluginError is a ValueError
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -214,10 +218,21 @@ def main(argv: list[str] | None = None) -> None:
 
             run_training_cli(args)
         else:
-            CLI(COMMANDS, args=args, as_positional=True)
-    except (ValueError, FileNotFoundError, PluginError) as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            CLI({**{c.__name__: c for c in COMMANDS}, "inspect": INSPECT_COMMANDS}, args=args, as_positional=True,
+                exit_on_error=False)  # parsing errors reach the one-line report below
+    except USER_ERRORS as err:
+        message = escape(_one_line(err, args))
+        Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
+
+
+def _one_line(err: BaseException, args: list[str]) -> str:
+    """The error on one line; a command-line parsing error also says where the accepted options are listed."""
+    message = " ".join(str(err).split())
+    if isinstance(err, argparse.ArgumentError):
+        named = bool(args) and not args[0].startswith("-") and "invalid choice" not in message
+        message += f" (see `armm {args[0] + ' ' if named else ''}--help`)"
+    return message
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,9 @@ Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "swiglu"]
 
 _CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
+_INTEGERS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len")
+_NUMBERS = ("rope_theta", "norm_eps", "dropout")
+_FLAGS = ("bias", "tie_embeddings")
 
 
 @dataclass
@@ -44,6 +48,7 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.d_ff is None:
@@ -51,7 +56,7 @@ class ModelConfig:
         for field, allowed in _CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r} is not one of {allowed}")
-        for field in ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len"):
+        for field in _INTEGERS:
             if getattr(self, field) < 1:
                 raise ValueError(f"ModelConfig.{field} must be >= 1, got {getattr(self, field)}")
         if self.d_model % self.n_head:
@@ -62,6 +67,25 @@ class ModelConfig:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for field in ("rope_theta", "norm_eps"):
+            if getattr(self, field) <= 0:
+                raise ValueError(f"ModelConfig.{field} must be > 0, got {getattr(self, field)}")
+
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong JSON type (``"n_layer": "2"``, ``"bias": "no"``), naming the field."""
+        for field in _INTEGERS:
+            value = getattr(self, field)
+            if value is None and field in ("n_kv_head", "d_ff"):  # None means "derive it"
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"ModelConfig.{field} must be an integer, got {value!r}")
+        for field in _NUMBERS:
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"ModelConfig.{field} must be a finite number, got {value!r}")
+        for field in _FLAGS:
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"ModelConfig.{field} must be true or false, got {getattr(self, field)!r}")
 
     @property
     def head_dim(self) -> int:
@@ -91,7 +115,12 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        return cls.from_dict(read_json_object(path, "a ModelConfig"))
+        """Read a ``config.json``; any error names the file."""
+        data = read_json_object(path, "a ModelConfig")
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; fix the file or re-save the model with armm.save_model") from None
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -50,10 +50,14 @@ def numbered_paths(path: str | Path, count: int, suffix: str) -> list[Path]:
 
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
-    """A JSON file holding an object, or a ValueError naming the file and ``what`` it should hold."""
+    """A JSON file holding an object; FileNotFoundError when it is missing, ValueError when it is not UTF-8 JSON
+    holding an object, each naming the file and ``what`` it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; it should hold {what}")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); it should hold {what}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object ({what})")

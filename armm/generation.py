@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import numbers
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -152,10 +153,18 @@ def row_generators(seed: Seed, batch_size: int, device: torch.device) -> list[to
     """One seeded generator per row (``seed`` is one int for all rows or one per row), or None without a seed."""
     if seed is None:
         return None
-    seeds = [seed] * batch_size if isinstance(seed, int) else list(seed)
+    many = isinstance(seed, Iterable) and not isinstance(seed, (str, bytes))
+    seeds = list(seed) if many else [seed] * batch_size
+    if not all(map(_is_seed, seeds)):
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), or a list of them, one per prompt; got {seed!r}")
     if len(seeds) != batch_size:
         raise ValueError(f"seed must be one int or one per prompt ({batch_size}), got {len(seeds)}")
-    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def _is_seed(value: object) -> bool:
+    """Whether ``torch.Generator.manual_seed`` takes ``value``: an integer in [-2**63, 2**64) (numpy's too)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and -(2**63) <= value < 2**64
 
 
 @torch.inference_mode()

@@ -30,7 +30,7 @@ from armm.generation import Guidance
 from armm.hookspecs import hookimpl
 from armm.plugins import get_plugins
 from armm.sampling import NEG_INF, Sampler, build_sampler
-from armm.tokenizer import Tokenizer
+from armm.tokenizer import Tokenizer, build_tokenizer
 
 LAYOUT_FILE = "layout.json"
 SHARED_TOKENS = ("bos", "eos", "pad", "null")
@@ -395,7 +395,7 @@ def _build_part(name: str, spec: Tokenizer | Mapping[str, Any]) -> tuple[Tokeniz
                          f"got {spec!r}")
     tokenizer = spec["tokenizer"]
     if isinstance(tokenizer, str):
-        tokenizer = get_plugins().tokenizers.get(tokenizer)(**dict(spec.get("options") or {}))
+        tokenizer = build_tokenizer(get_plugins().tokenizers.get(tokenizer), dict(spec.get("options") or {}))
     elif spec.get("options"):
         raise ValueError(f"part {name!r}: options apply to a tokenizer name, not to a tokenizer instance")
     if isinstance(tokenizer, VocabLayout):

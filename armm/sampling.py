@@ -32,9 +32,13 @@ def _keep(logits: Tensor, keep: Tensor) -> Tensor:
 
 
 def _check_number(name: str, value: object, allowed: str, ok: Callable[[float], bool]) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.nan
+    if not math.isfinite(number) or not ok(number):
+        raise ValueError(f"{name} must be {allowed}, got {value!r:.60}")
+    return number
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:

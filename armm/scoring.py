@@ -49,7 +49,7 @@ def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None
     """
     config = model.config
     context = config.max_seq_len
-    ids = torch.as_tensor(ids, dtype=torch.long).flatten()
+    ids = _as_ids(ids)
     n = ids.numel()
     if n < 2:
         raise ValueError(f"scoring needs at least 2 tokens (a condition and one scored token), got {n}")
@@ -79,3 +79,19 @@ def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None
         model.train(was_training)
     token_logprobs = torch.cat(pieces).cpu()
     return Score(token_logprobs=token_logprobs, log_likelihood=float(token_logprobs.double().sum()))
+
+
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def _as_ids(ids: Sequence[int] | Tensor) -> Tensor:
+    """``ids`` as a 1-D int64 tensor; a ValueError for anything but a flat sequence of integer token ids."""
+    try:
+        tensor = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError):  # text, ragged lists, objects
+        tensor = None
+    if tensor is None or tensor.ndim != 1 or (tensor.numel() and tensor.dtype not in INTEGER_DTYPES):
+        got = repr(ids)[:80] if tensor is None else f"a tensor of shape {list(tensor.shape)} and dtype {tensor.dtype}"
+        raise ValueError(f"scoring takes a flat sequence of integer token ids (encode samples with a tokenizer "
+                         f"first), got {got}")
+    return tensor.long()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import operator
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -107,13 +109,34 @@ class Tokenizer(ABC):
         raise NotImplementedError(f"tokenizer {self.name!r} has a fixed vocabulary and cannot be fitted")
 
     def check_ids(self, ids: Sequence[int]) -> None:
-        """Raise ValueError naming the first id outside ``[0, vocab_size)``."""
+        """Raise ValueError naming the first id that is not an integer in ``[0, vocab_size)``."""
         for position, token in enumerate(ids):
+            try:
+                operator.index(token)  # int, numpy integer, integer 0-d tensor
+            except TypeError:
+                raise ValueError(
+                    f"token id {token!r} at position {position} is not an integer; token ids of tokenizer "
+                    f"{self.name!r} are integers 0 .. {self.vocab_size - 1}"
+                ) from None
             if not 0 <= token < self.vocab_size:
                 raise ValueError(
                     f"token id {token} at position {position} is outside the vocabulary of tokenizer "
                     f"{self.name!r} (0 .. {self.vocab_size - 1})"
                 )
+
+
+def build_tokenizer(tokenizer_class: type[Tokenizer], options: Mapping[str, Any]) -> Tokenizer:
+    """``tokenizer_class(**options)``; an option it does not take, or of the wrong type, is a ValueError naming the
+    tokenizer and the options its constructor declares."""
+    try:
+        return tokenizer_class(**options)
+    except TypeError as err:
+        declared = [name for name, p in inspect.signature(tokenizer_class).parameters.items()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        raise ValueError(
+            f"tokenizer {tokenizer_class.name!r} cannot be built with the options {dict(options)} ({err}); "
+            f"its options are: {', '.join(declared) or 'none'}"
+        ) from None
 
 
 class ByteTokenizer(Tokenizer):

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from armm.chat import ChatTemplate, render
+from armm.sampling import build_sampler
 from armm.serving.engine import Engine, Event, Job
 from armm.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingRequest
 
@@ -100,8 +101,13 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
                                 f"at most {limits.max_choices}", "n")
         seed = random.randrange(2**62) if body.seed is None else body.seed
         rows = [p for p in prompts for _ in range(body.n)]
-        job = Job(rows, budget(body, prompts, default_max_tokens), body.sampler_spec(),
-                  [seed + i for i in range(len(rows))], stop_ids, stop_strings)
+        sampler = body.sampler_spec()
+        try:
+            build_sampler(sampler)  # a bad spec fails this request now, not the batch the worker runs it in
+        except ValueError as err:
+            raise APIError(400, str(err)) from None
+        job = Job(rows, budget(body, prompts, default_max_tokens), sampler, [seed + i for i in range(len(rows))],
+                  stop_ids, stop_strings)
         engine.submit(job)
         return job
 
@@ -146,6 +152,9 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
 
     def encode_prompt(prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
+            if not prompt:
+                raise APIError(400, "a prompt of token ids is empty; give at least one id (e.g. the bos token)",
+                               "prompt")
             bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]
             if bad:
                 raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0 .. {tokenizer.vocab_size - 1})",

@@ -29,9 +29,10 @@ class StreamOptions(BaseModel):
 
 class SamplingRequest(BaseModel):
     """Fields shared by completions and chat completions. ``top_k``, ``min_p`` and ``repetition_penalty`` are
-    extensions (as in vLLM); fields armm does not know are ignored, fields it cannot honour are refused."""
+    extensions (as in vLLM); fields armm does not know are ignored, fields it cannot honour are refused, and so are
+    NaN and infinite numbers (JSON ``NaN``, ``Infinity``)."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
@@ -43,7 +44,7 @@ class SamplingRequest(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     repetition_penalty: float | None = Field(None, gt=0)
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # seed + i per choice stays within torch's seeds
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

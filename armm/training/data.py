@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from armm.layout import VocabLayout
 from armm.plugins import get_plugins
-from armm.tokenizer import Tokenizer
+from armm.tokenizer import Tokenizer, build_tokenizer
 
 IGNORE_INDEX = -100
 CACHE_FORMAT = 2  # part of the cache key: a new format never reads an old cache
@@ -265,7 +265,7 @@ class TokenDataModule(L.LightningDataModule):
     def _make_tokenizer(self) -> Tokenizer:
         if self.tokenizer_dir is not None:
             return self.tokenizer_class.load(self.tokenizer_dir)
-        return self.tokenizer_class(**self.tokenizer_options)
+        return build_tokenizer(self.tokenizer_class, self.tokenizer_options)
 
     def _read_samples(self, tokenizer: Tokenizer) -> list[Any]:
         if self.dataset is not None:

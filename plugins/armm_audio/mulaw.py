@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from armm.files import find_files, numbered_paths
+from armm.files import find_files, numbered_paths, read_json_object
 from armm.tokenizer import Tokenizer
 from armm_audio.audio_files import READ_SUFFIXES, read_audio, write_wav
 from armm_audio.waveform import as_waveform
@@ -72,6 +73,14 @@ class MuLawTokenizer(Tokenizer):
     def num_units(self, sample: Any) -> int:
         return as_waveform(sample).numel()
 
+    def token_name(self, token: int) -> str | None:
+        """``"μ-law 131 ≈ +0.000645"``: a level and the amplitude ``decode`` gives it, for ``armm inspect``."""
+        if not 0 <= token < self.levels:
+            return None
+        mu = self.levels - 1
+        x = token / mu * 2 - 1  # mu-law expansion, as torchaudio.functional.mu_law_decoding
+        return f"μ-law {token} ≈ {math.copysign((math.exp(abs(x) * math.log1p(mu)) - 1) / mu, x):+.3g}"
+
     def read(self, source: str | Path) -> list[torch.Tensor]:
         samples = []
         for path in find_files(source, READ_SUFFIXES, what="audio files"):
@@ -94,7 +103,4 @@ class MuLawTokenizer(Tokenizer):
 
     @classmethod
     def load(cls, directory: str | Path) -> MuLawTokenizer:
-        path = Path(directory) / CONFIG_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; it is written by MuLawTokenizer.save")
-        return cls(**json.loads(path.read_text()))
+        return cls(**read_json_object(Path(directory) / CONFIG_FILE, "settings written by MuLawTokenizer.save"))

@@ -14,11 +14,11 @@ from armm_image.image_io import IMAGE_SUFFIXES, convert, read_image, write_grid
 
 
 def parse_size(size: int | Sequence[int]) -> tuple[int, int]:
-    """``32`` or ``(32, 32)`` → (height, width), both positive."""
-    height, width = (size, size) if isinstance(size, int) else tuple(size)
-    if height < 1 or width < 1:
-        raise ValueError(f"image size must be positive, got {size}")
-    return int(height), int(width)
+    """``32`` or ``(32, 32)`` → (height, width), both positive integers."""
+    pair = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else ()
+    if len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in pair):
+        raise ValueError(f"image size must be a positive integer or [height, width], got {size!r}")
+    return pair
 
 
 class ImageTokenizer(Tokenizer):

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from armm.files import read_json_object
 from armm_image.base import ImageTokenizer
 
 CONFIG_FILE = "image_pixels.json"
@@ -169,6 +170,21 @@ class PixelTokenizer(ImageTokenizer):
             pixels = ((codes << shift) + ((1 << shift) >> 1)).to(torch.uint8)
         return pixels.reshape(self.height, self.width, self.channels).permute(2, 0, 1).contiguous()
 
+    def token_name(self, token: int) -> str | None:
+        """A readable name for ``armm inspect``: ``"level 7/15"`` (a channel value), ``"colour 3 #1f2a80"`` (a palette
+        entry) or ``"class 7"``; None for bos, eos and pad."""
+        if 0 <= token < self.num_codes:
+            if self.palette_size is None:
+                return f"level {token}/{self.num_codes - 1}"
+            if self.palette is None:
+                return f"colour {token}"
+            rgb = self.palette[token].tolist() * (3 // self.channels)
+            return f"colour {token} #" + "".join(f"{v:02x}" for v in rgb)
+        first_class = self.num_codes + len(self.special_tokens)
+        if self.num_classes is not None and first_class <= token < first_class + self.num_classes:
+            return f"class {token - first_class}"
+        return None
+
     def num_units(self, sample: Any) -> int:
         """Channel values ("dim"), or pixels with a palette, of an image or a labelled image (never the class)."""
         self.check_image(self.split_label(sample)[1])
@@ -187,7 +203,7 @@ class PixelTokenizer(ImageTokenizer):
 
     @classmethod
     def load(cls, directory: str | Path) -> PixelTokenizer:
-        config = json.loads((Path(directory) / CONFIG_FILE).read_text())
+        config = read_json_object(Path(directory) / CONFIG_FILE, "settings written by PixelTokenizer.save")
         palette = config.pop("palette")
         tokenizer = cls(**config)
         if palette is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from armm.files import read_json_object
 from armm_image.base import ImageTokenizer
 from armm_image.vqvae import VQVAE
 
@@ -125,7 +126,7 @@ class VQTokenizer(ImageTokenizer):
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        tokenizer = cls(**json.loads((directory / CONFIG_FILE).read_text()))
+        tokenizer = cls(**read_json_object(directory / CONFIG_FILE, "settings written by VQTokenizer.save"))
         try:
             tokenizer.model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         except (SafetensorError, RuntimeError) as err:

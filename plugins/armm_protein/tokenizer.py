@@ -6,13 +6,15 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from armm.files import find_files, numbered_paths
+from armm.files import find_files, numbered_paths, read_json_object
 from armm.tokenizer import Tokenizer
 from armm_protein.fasta import FastaRecord, format_fasta, read_fasta
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
 RARE = "BZXUO"  # B = D or N, Z = E or Q, X = any, U = selenocysteine, O = pyrrolysine
 ALPHABET = STANDARD + RARE
+THREE_LETTER = ("Ala Cys Asp Glu Phe Gly His Ile Lys Leu Met Asn Pro Gln Arg Ser Thr Val Trp Tyr "
+                "Asx Glx Xaa Sec Pyl").split()  # in ALPHABET order
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa")
 SAVE_FILE = "protein.json"
 
@@ -56,6 +58,10 @@ class ProteinTokenizer(Tokenizer):
     def num_units(self, sample: str) -> int:
         return len(sample)
 
+    def token_name(self, token: int) -> str | None:
+        """``"K (Lys)"``: a residue's letter and three-letter code, for ``armm inspect``; None for special ids."""
+        return f"{ALPHABET[token]} ({THREE_LETTER[token]})" if 0 <= token < len(ALPHABET) else None
+
     def read_records(self, source: str | Path) -> list[FastaRecord]:
         """Every record (name, description, sequence) of the .fasta/.fa/.faa files in ``source``, in file order."""
         paths = find_files(source, FASTA_SUFFIXES, what="FASTA files")
@@ -79,7 +85,7 @@ class ProteinTokenizer(Tokenizer):
     @classmethod
     def load(cls, directory: str | Path) -> ProteinTokenizer:
         path = Path(directory) / SAVE_FILE
-        saved = json.loads(path.read_text())["alphabet"]
+        saved = read_json_object(path, "the alphabet ProteinTokenizer.save wrote")["alphabet"]
         if saved != ALPHABET:
             raise ValueError(f"{path} was saved with alphabet {saved!r}, but this version of armm_protein uses "
                              f"{ALPHABET!r}; the token ids would not match")

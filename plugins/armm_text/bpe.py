@@ -12,7 +12,7 @@ from typing import Any
 from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from armm.files import find_files, numbered_paths, read_text
+from armm.files import find_files, numbered_paths, read_json_object, read_text
 from armm.tokenizer import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -216,10 +216,8 @@ class BPETokenizer(Tokenizer):
 
     @classmethod
     def load(cls, directory: str | Path) -> BPETokenizer:
-        settings = Path(directory) / SETTINGS_FILE
-        if not settings.is_file():
-            raise FileNotFoundError(f"{settings} is missing; {directory} was not written by {cls.__name__}.save")
-        return cls.from_file(Path(directory) / TOKENIZER_FILE, **json.loads(settings.read_text()))
+        settings = read_json_object(Path(directory) / SETTINGS_FILE, f"settings written by {cls.__name__}.save")
+        return cls.from_file(Path(directory) / TOKENIZER_FILE, **settings)
 
 
 def _counting_texts(samples: Iterable[str], seen: list[int]) -> Iterator[str]:
