@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from armm.training.callbacks import ExportModel, PlotCurves
+from armm.training.checkpoint_io import AtomicCheckpointIO
 from armm.training.data import TokenDataModule
 from armm.training.module import ARModule
 
@@ -72,6 +73,7 @@ def run_training_cli(args: list[str]) -> ArmmCLI:
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
                 "callbacks": [ExportModel(), PlotCurves()],
+                "plugins": [AtomicCheckpointIO()],
                 "use_distributed_sampler": False,  # TokenDataModule shards its own resumable sampler across ranks
             },
         )

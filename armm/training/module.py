@@ -91,9 +91,11 @@ class ARModule(L.LightningModule):
         probability = self.scheduled_sampling_probability()
         if probability > 0:
             inputs = self.mix_in_predictions(inputs, batch["targets"], probability)
-            self.log("train/scheduled_sampling", probability)
+            self.log("train/scheduled_sampling", torch.tensor(probability))  # a CPU tensor: no copy to the GPU
         loss = self.loss(self(inputs), batch["targets"])
-        self.log("train/loss", loss, prog_bar=True)
+        # Lightning turns every progress-bar metric into a Python number after every step (a host-device sync on
+        # a GPU, which stops the CPU from queueing the next step), so ask for it only when a bar will show it.
+        self.log("train/loss", loss, prog_bar=getattr(self._trainer, "progress_bar_callback", None) is not None)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -120,7 +122,9 @@ class ARModule(L.LightningModule):
     def mix_in_predictions(self, inputs: Tensor, targets: Tensor, probability: float) -> Tensor:
         """Replace each input token after the first, with ``probability``, by a token sampled from the model's
         prediction for that position (from a first, teacher-forced pass). Ignored positions stay."""
-        predicted = torch.distributions.Categorical(logits=self(inputs).float()).sample()  # (B, T): guess for t+1
+        logits = self(inputs).float()  # (B, T, V)
+        # validate_args=False: the check reads a device tensor back to the host, a GPU sync at every step
+        predicted = torch.distributions.Categorical(logits=logits, validate_args=False).sample()  # (B, T): guess for t+1
         replace = torch.rand(inputs.shape, device=inputs.device) < probability
         replace[:, 0] = False  # the first token is never predicted
         replace[:, 1:] &= targets[:, :-1] != IGNORE_INDEX
@@ -140,6 +144,12 @@ class ARModule(L.LightningModule):
             optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Step, then free the gradients at once. Lightning zeroes them only after the next step's forward, so they
+        would sit through it: a float32 copy of the weights on top of the activations at the peak."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
