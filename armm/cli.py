@@ -207,7 +207,7 @@ COMMANDS = [plugins, init, sample, score, chat, serve, convert]
 
 
 TRAINING_COMMANDS = ("fit", "validate")
-USER_ERRORS = (ValueError, OSError, argparse.ArgumentError)  # reported in one line; PluginError is a ValueError
+USER_ERRORS = (ValueError, OSError, FloatingPointError, argparse.ArgumentError)  # one line; PluginError is a ValueError
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -33,6 +34,9 @@ class ARModule(L.LightningModule):
             (0 = plain teacher forcing); it ramps up linearly over ``scheduled_sampling_ramp`` steps.
         scheduled_sampling_ramp: Steps over which the replacement probability grows from 0 to its highest value.
         compile: Compile the model with ``torch.compile``.
+        nonfinite_loss: What a NaN or infinite training loss does: ``stop`` the run with an error naming the step
+            and the batch (the default: the weights and the last checkpoint stay as they were), or ``skip`` that
+            batch (no backward, no optimizer step) with a warning and go on.
     """
 
     def __init__(
@@ -46,8 +50,11 @@ class ARModule(L.LightningModule):
         scheduled_sampling: float = 0.0,
         scheduled_sampling_ramp: int = 1000,
         compile: bool = False,
+        nonfinite_loss: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
+        if nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"model.nonfinite_loss must be 'stop' or 'skip', got {nonfinite_loss!r}")
         if not 0.0 <= scheduled_sampling <= 1.0:
             raise ValueError(f"model.scheduled_sampling must be in [0, 1], got {scheduled_sampling}")
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
@@ -86,13 +93,21 @@ class ARModule(L.LightningModule):
     def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         inputs = batch["input_ids"]
         probability = self.scheduled_sampling_probability()
         if probability > 0:
             inputs = self.mix_in_predictions(inputs, batch["targets"], probability)
             self.log("train/scheduled_sampling", torch.tensor(probability))  # a CPU tensor: no copy to the GPU
         loss = self.loss(self(inputs), batch["targets"])
+        if not torch.isfinite(loss):  # a host sync per step: the price of never stepping on a NaN
+            where = (f"non-finite training loss ({loss.item()}) at step {self.global_step}, batch {batch_idx} of "
+                     f"epoch {self.current_epoch}")
+            if self.hparams.nonfinite_loss == "stop":
+                raise FloatingPointError(f"{where}; the weights were not updated. Lower optimizer.lr, keep "
+                                         "trainer.gradient_clip_val, or set model.nonfinite_loss: skip")
+            warnings.warn(f"{where}: batch skipped (model.nonfinite_loss: skip)", RuntimeWarning, stacklevel=1)
+            return None  # Lightning skips the backward pass and the optimizer step
         # Lightning turns every progress-bar metric into a Python number after every step (a host-device sync on
         # a GPU, which stops the CPU from queueing the next step), so ask for it only when a bar will show it.
         self.log("train/loss", loss, prog_bar=getattr(self._trainer, "progress_bar_callback", None) is not None)
