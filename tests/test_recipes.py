@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 import armm
@@ -39,15 +38,6 @@ def tiny_overrides(recipe: dict) -> list[str]:
 @pytest.fixture(params=RECIPES, ids=lambda path: path.stem)
 def recipe(request) -> Path:
     return request.param
-
-
-@pytest.fixture
-def one_thread():
-    """A tiny model runs fastest on one thread, above all on a busy machine (generation is many small steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_every_recipe_documents_its_command_and_writes_under_its_own_run_folder(recipe):

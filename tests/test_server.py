@@ -319,3 +319,27 @@ def test_serve_is_a_cli_command(capsys):
         main(["serve", "--help"])
     assert exit_info.value.code == 0
     assert "--max_tokens_limit" in capsys.readouterr().out
+
+
+def test_a_client_that_stops_reading_a_stream_blocks_no_one(url):
+    """A stream of about a megabyte that its client never reads (the socket buffers fill, so the server's writes to
+    it stall): the event loop keeps answering, the worker finishes other requests, and once the client goes away
+    the next request is served at once."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    body = json.dumps({"model": NAME, "prompt": "a very long story", "max_tokens": 1500, "n": 4,
+                       "temperature": 0, "stream": True}).encode()
+    slow = socket.create_connection((host, int(port)))
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        time.sleep(0.5)  # the slow client's generation is running and its unread chunks pile up
+        started = time.monotonic()
+        assert httpx.get(url + "/models", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+        other = post(url, "/completions", {"model": NAME, "prompt": "other", "max_tokens": 5, "temperature": 0},
+                     timeout=60)
+        assert other.status_code == 200 and other.json()["usage"]["completion_tokens"] == 5
+    finally:
+        slow.close()
+    assert_next_request_is_prompt(url)
