@@ -49,6 +49,7 @@ import armm
 from armm import ModelConfig, Transformer
 from armm.hf import export_hf, load_hf
 from armm.linear import DECODE_WEIGHTS as FORMATS
+from tables import print_table  # bench/tables.py (this folder is on sys.path)
 
 
 @dataclass
@@ -190,17 +191,6 @@ def read_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -> 
         sync(device)
         best = min(best, time.perf_counter() - start)
     return data.numel() * 4 / best
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A Markdown pipe table (readable in a terminal, pastes straight into docs)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(headers))
-    print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    for row in rows:
-        print(line(row))
-    print(flush=True)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import armm
 from armm import ByteTokenizer, ModelConfig, Tokenizer, Transformer
 from armm.speculative import SpeculativeStats, speculative_generate
+from tables import print_table  # bench/tables.py (this folder is on sys.path)
 
 
 # --- machine and output (as in bench/generate.py) -----------------------------------------------------
@@ -55,16 +56,6 @@ def warn_if_busy(when: str) -> None:
         print(f"WARNING ({when}): 1-min load average {load:.1f} on {cpus} CPU(s) (this run: {own} thread(s)): "
               f"other processes are competing for the cores, so timings are inflated and noisy; "
               f"rerun on an idle machine.", flush=True)
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A Markdown pipe table (readable in a terminal, pastes straight into docs)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(headers))
-    print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    for row in rows:
-        print(line(row))
 
 
 # --- data ----------------------------------------------------------------------------------------------

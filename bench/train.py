@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, Dataset
 import armm
 from armm import ModelConfig, Transformer
 from armm.training.module import DEFAULT_OPTIMIZER, ARModule, warmup_cosine
+from tables import print_table  # bench/tables.py (this folder is on sys.path)
 
 LOOPS = ("plain", "armm")
 PRECISIONS = {"fp32": (torch.float32, "32-true"), "bf16": (torch.bfloat16, "bf16-mixed")}  # matmul dtype, Lightning
@@ -369,16 +370,6 @@ def warn_if_busy(when: str, threads: int) -> None:
         print(f"WARNING ({when}): 1-min load average {load:.1f} on {cpus} CPU(s) (this run: {own} thread(s)): "
               f"other processes are competing for the cores, so timings are inflated and noisy; "
               f"rerun on an idle machine.", flush=True)
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    """A Markdown pipe table (readable in a terminal, pastes straight into docs)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(c.rjust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(headers))
-    print("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
-    for row in rows:
-        print(line(row))
 
 
 def step_seconds(outcome: Outcome, device: str) -> float:
