@@ -81,11 +81,37 @@ def fit_command(recipe: Path, resume: bool) -> list[str]:
     return [sys.executable, "-m", "armm.cli", "fit", "-c", str(recipe), *(["--ckpt_path", "last"] if resume else [])]
 
 
-def run_to_end(folder: Path, recipe: Path, resume: bool, threads: int) -> None:
+@dataclass(frozen=True)
+class Timing:
+    """How long a run takes to start (to its first step) and to make one step."""
+
+    startup: float
+    per_step: float
+
+
+def run_to_end(folder: Path, recipe: Path, resume: bool, threads: int, every: int | None = None) -> Timing | None:
+    """Run ``armm fit`` to the end; with ``every`` (the checkpoint interval), also time it from the moments the
+    first checkpoint and the end arrive."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    result = subprocess.run(fit_command(recipe, resume), cwd=folder, env=env, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"armm fit failed in {folder}:\n{result.stderr[-3000:]}")
+    log_path = folder / "fit.log"
+    checkpoints = folder / "run" / "checkpoints"
+    with open(log_path, "w") as log_file:
+        start = time.monotonic()
+        process = subprocess.Popen(fit_command(recipe, resume), cwd=folder, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+        first = None
+        while process.poll() is None:
+            if first is None and checkpoints.is_dir() and any(checkpoints.glob("*.ckpt")):
+                first = time.monotonic() - start
+            time.sleep(0.01)
+        total = time.monotonic() - start
+    if process.returncode:
+        raise RuntimeError(f"armm fit failed in {folder}:\n{log_path.read_text()[-3000:]}")
+    if every is None or first is None:
+        return None
+    steps = int(torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)["global_step"])
+    per_step = (total - first) / max(1, steps - every)
+    return Timing(startup=max(0.0, first - every * per_step), per_step=per_step)
 
 
 def last_step(checkpoints: Path) -> int | None:
@@ -96,10 +122,10 @@ def last_step(checkpoints: Path) -> int | None:
     return int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
 
 
-def kill_and_resume(folder: Path, recipe: Path, kills: int, delays: tuple[float, float], seed: int, threads: int,
+def kill_and_resume(folder: Path, recipe: Path, steps: int, kills: int, timing: Timing, seed: int, threads: int,
                     log=print) -> Report:
-    """Start, kill after a random delay in ``delays`` (seconds), check the checkpoints, resume; ``kills`` times,
-    then finish the run."""
+    """Start, kill at a random moment of the work left (after start-up), check the checkpoints, resume;
+    ``kills`` times, then finish the run. Every other kill waits for a checkpoint write instead."""
     rng = random.Random(seed)
     report = Report()
     checkpoints = folder / "run" / "checkpoints"
@@ -111,7 +137,9 @@ def kill_and_resume(folder: Path, recipe: Path, kills: int, delays: tuple[float,
             process = subprocess.Popen(fit_command(recipe, previous is not None), cwd=folder, env=env,
                                        stdout=log_file, stderr=subprocess.STDOUT)
         targeted = number % 2 == 1  # every other kill waits for a checkpoint write to begin
-        started, wait = time.monotonic(), 3 * delays[1] if targeted else rng.uniform(*delays)
+        left = timing.per_step * (steps - (previous or 0))
+        started = time.monotonic()
+        wait = timing.startup + (2 * left if targeted else rng.uniform(0.1, 0.9) * left)
         while time.monotonic() - started < wait and process.poll() is None:
             if targeted and checkpoints.is_dir() and any(checkpoints.glob(".*.tmp")):
                 break
@@ -162,8 +190,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=50, help="checkpoint every N steps")
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--delays", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                        help="wait before each kill, in seconds (default: 0.45 to 0.85 times the reference run's time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/kill_resume"))
@@ -171,13 +197,11 @@ def main() -> None:
     cache = args.out / "cache"
     reference = args.out / "reference"
     recipe = write_recipe(reference, args.steps, args.every, cache)
-    start = time.perf_counter()
-    run_to_end(reference, recipe, resume=False, threads=args.threads)
-    seconds = time.perf_counter() - start
-    print(f"reference run: {args.steps} steps in {seconds:.0f} s, start-up included")
+    timing = run_to_end(reference, recipe, resume=False, threads=args.threads, every=args.every)
+    print(f"reference run: {args.steps} steps; start-up {timing.startup:.1f} s, {timing.per_step * 1e3:.1f} ms a step")
     killed = args.out / "killed"
-    report = kill_and_resume(killed, write_recipe(killed, args.steps, args.every, cache), args.kills,
-                             args.delays or (0.45 * seconds, 0.85 * seconds), args.seed, args.threads)
+    report = kill_and_resume(killed, write_recipe(killed, args.steps, args.every, cache), args.steps, args.kills,
+                             timing, args.seed, args.threads)
     difference = compare(final_weights(reference), final_weights(killed))
     print(f"\n| kills | during a checkpoint write | steps at each kill | violations | max |Δweight| vs uninterrupted |")
     print("|---:|---:|---|---:|---:|")

@@ -4,7 +4,6 @@ does the same with many more kills)."""
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,11 @@ spec.loader.exec_module(kill_resume)
 def test_killed_and_resumed_training_loses_nothing_and_ends_where_an_uninterrupted_run_ends(tmp_path):
     cache = tmp_path / "cache"
     reference = tmp_path / "reference"
-    start = time.monotonic()
-    kill_resume.run_to_end(reference, kill_resume.write_recipe(reference, 400, 20, cache), resume=False, threads=1)
-    seconds = time.monotonic() - start
+    timing = kill_resume.run_to_end(reference, kill_resume.write_recipe(reference, 400, 20, cache), resume=False,
+                                    threads=1, every=20)
     killed = tmp_path / "killed"
-    report = kill_resume.kill_and_resume(killed, kill_resume.write_recipe(killed, 400, 20, cache), kills=2,
-                                         delays=(0.5 * seconds, 0.8 * seconds), seed=0, threads=1, log=print)
+    report = kill_resume.kill_and_resume(killed, kill_resume.write_recipe(killed, 400, 20, cache), steps=400, kills=3,
+                                         timing=timing, seed=0, threads=1, log=print)
     assert report.violations == []
     assert report.kills >= 1, "every kill came too late: the run had already finished"
     assert all(step >= 0 for step in report.steps_seen[1:])  # once a checkpoint exists, last.ckpt loads
