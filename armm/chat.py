@@ -219,40 +219,35 @@ def render(
         raise ValueError(f"chat template {template.name!r} was refused by the sandbox: {err}") from None
     except jinja2.exceptions.TemplateError as err:
         raise ValueError(f"chat template {template.name!r} failed to render: {err}") from None
-    pieces = text.split(PART_MARK)  # text, part 0, text, part 1, …, text (a template may drop messages)
-    shown = pieces[0] + "".join(f"<|{parts[int(index)].name}|>{rest}" for index, rest in
-                                (piece.split(PART_END, 1) for piece in pieces[1:]))
+    pieces = text.split(PART_MARK)
+    segments: list[str | Part] = [pieces[0]]  # text, a part, text, a part, …, text (a template may drop messages)
+    for piece in pieces[1:]:
+        index, rest = piece.split(PART_END, 1)
+        segments += [parts[int(index)], rest]
+    shown = "".join(s if isinstance(s, str) else f"<|{s.name}|>" for s in segments)
     if tokenizer is None:
         return Rendered(shown, None, [])
     if isinstance(tokenizer, VocabLayout):
-        return _render_layout(pieces, parts, tokenizer, template, shown)
+        return _render_layout(segments, tokenizer, template, shown)
     if parts:
         raise ValueError(f"message parts of type {', '.join(sorted({p.name for p in parts}))} need a mixed-modality "
                          f"model; tokenizer {tokenizer.name!r} reads text only")
     return Rendered(text, encode_special(tokenizer, text), stop_token_ids(tokenizer, template.stop_strings))
 
 
-def _render_layout(pieces: list[str], parts: list[Part], layout: VocabLayout, template: ChatTemplate,
-                   shown: str) -> Rendered:
+def _render_layout(segments: list[str | Part], layout: VocabLayout, template: ChatTemplate, shown: str) -> Rendered:
     """Ids in a mixed layout: text runs as spans of the layout's text part (the last one left open for the reply),
     every other part in its own span. A reply ends at the text span's end token or at an end-of-turn token."""
-    text_part = layout.prompt_part
-    text_span = layout.span(text_part)
-    segments: list[tuple[str, Any]] = [(text_part, pieces[0])]
-    for piece in pieces[1:]:
-        index, rest = piece.split(PART_END, 1)
-        segments += [parts[int(index)], (text_part, rest)]
+    text_span = layout.span(layout.prompt_part)
     ids = [layout.bos_id]
-    for position, (name, sample) in enumerate(segments):
-        if name == text_part and not sample:
-            continue
-        if name == text_part:
-            local = encode_special(text_span.tokenizer, sample)
+    for position, segment in enumerate(segments):
+        if isinstance(segment, Part):
+            ids += layout.encode_part(*segment)
+        elif segment:
+            local = encode_special(text_span.tokenizer, segment)
             ids += [text_span.begin_id, *(text_span.offset + i for i in local)]
             if position < len(segments) - 1:
                 ids.append(text_span.end_id)
-        else:
-            ids += layout.encode_part(name, sample)
     local_stops = stop_token_ids(text_span.tokenizer, template.stop_strings)
     return Rendered(shown, ids, [text_span.end_id, *(text_span.offset + i for i in local_stops)])
 

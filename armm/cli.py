@@ -103,7 +103,7 @@ def sample(
     model, tok = load_model_with_tokenizer(model_dir)
     if num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
-    if output is None and not isinstance(tok.decode([]), str):
+    if output is None and not tok.decodes_text:
         raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
     model.decode_weights = decode_weights
     ids = _prompt_ids(tok, prompt)
@@ -153,7 +153,7 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None) ->
     if (text is None) == (file is None):
         raise ValueError("give exactly one of --text or --file")
     model, tok = load_model_with_tokenizer(model_dir)
-    if text is not None and not isinstance(tok.decode([]), str):
+    if text is not None and not tok.decodes_text:
         raise ValueError(f"--text scores text, but {tok.modality} samples are files: pass --file PATH")
     samples = [text] if text is not None else tok.read(file)
     results = [score_ids(model, _sample_ids(tok, s)) for s in samples]

@@ -13,7 +13,6 @@ a pixel level, a mu-law level); anything else is shown as ``#id``.
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +28,6 @@ from armm.tokenizer import Tokenizer
 
 VISIBLE = {" ": "·", "\n": "⏎", "\t": "⇥"}
 REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 character decodes to
-_TEXT_LIKE: weakref.WeakKeyDictionary[Tokenizer, bool] = weakref.WeakKeyDictionary()
 
 
 # --- token labels ----------------------------------------------------------------------------------
@@ -46,27 +44,6 @@ def visible(text: str) -> str:
     return "".join(out)
 
 
-def is_text_like(tokenizer: Tokenizer) -> bool:
-    """Whether the tokenizer's samples are text (``decode`` returns ``str``); asked once per tokenizer."""
-    try:
-        return _TEXT_LIKE[tokenizer]
-    except KeyError:
-        pass
-    except TypeError:  # not hashable or not weakly referenceable: ask every time
-        return _decodes_text(tokenizer)
-    _TEXT_LIKE[tokenizer] = answer = _decodes_text(tokenizer)
-    return answer
-
-
-def _decodes_text(tokenizer: Tokenizer) -> bool:
-    if isinstance(tokenizer, VocabLayout):
-        return False
-    try:
-        return isinstance(tokenizer.decode([]), str)
-    except (ValueError, TypeError, IndexError, RuntimeError):  # a plugin that cannot decode no ids
-        return False
-
-
 def token_text(tokenizer: Tokenizer, token: int) -> str | None:
     """The raw text of one id when the tokenizer decodes to text (None for specials and non-text modalities)."""
     if isinstance(tokenizer, VocabLayout):
@@ -76,7 +53,7 @@ def token_text(tokenizer: Tokenizer, token: int) -> str | None:
         return token_text(span.tokenizer, token - span.offset)
     if not 0 <= token < tokenizer.vocab_size or token in tokenizer.special_tokens.values():
         return None
-    if not is_text_like(tokenizer) or (tokenizer.name == "bytes" and token >= 128):  # a lone UTF-8 byte is no text
+    if not tokenizer.decodes_text or (tokenizer.name == "bytes" and token >= 128):  # a lone UTF-8 byte is no text
         return None
     decoded = tokenizer.decode([token])
     return decoded if isinstance(decoded, str) else None
@@ -123,7 +100,7 @@ def text_pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str | None]:
     (None for special ids, and for every id when the tokenizer's samples are not text). A character split over
     several ids (UTF-8 bytes) belongs to the id that completes it; the ids before it add ``""``."""
     ids = [int(i) for i in ids]
-    if not is_text_like(tokenizer):
+    if not tokenizer.decodes_text:
         return [None] * len(ids)
     specials = set(tokenizer.special_tokens.values())
     pieces: list[str | None] = []

@@ -327,8 +327,11 @@ class VocabLayout(Tokenizer):
     def allowed(self, tokens: Tensor, vocab_size: int | None = None) -> Tensor:
         """Which next ids the grammar allows after each row of ``tokens [B, T]`` → bool ``[B, vocab_size]``
         (``vocab_size`` ≥ the layout's, for a model with a padded vocabulary; extra ids are never allowed)."""
-        tables = self._device_tables(tokens.device)
-        part, count = self.span_state(tokens)
+        return self.allowed_in(*self.span_state(tokens), vocab_size)
+
+    def allowed_in(self, part: Tensor, count: Tensor, vocab_size: int | None = None) -> Tensor:
+        """``allowed`` from a ``span_state`` already worked out: ``part [B]``, ``count [B]``."""
+        tables = self._device_tables(part.device)
         row = torch.where(part >= 0, part, len(self.spans))  # the last table row is "between spans"
         length = tables["length"][row]
         fixed = length >= 0
@@ -386,10 +389,8 @@ def sampler_for(tokenizer: Tokenizer, spec: str | Sampler, per_part: Mapping[str
 
 
 def _build_part(name: str, spec: Tokenizer | Mapping[str, Any]) -> tuple[Tokenizer, int | None]:
-    if isinstance(spec, VocabLayout):
-        raise ValueError(f"part {name!r} is itself a mixed layout; list its parts in this layout instead")
     if isinstance(spec, Tokenizer):
-        return spec, spec.sample_length
+        spec = {"tokenizer": spec}
     if not isinstance(spec, Mapping) or "tokenizer" not in spec or not set(spec) <= {"tokenizer", "options", "length"}:
         raise ValueError(f"part {name!r} must be a tokenizer or {{'tokenizer': NAME, 'options': {{...}}, 'length': N}}, "
                          f"got {spec!r}")
@@ -419,7 +420,11 @@ class SpanConstraint:
         self.layout = tokenizer
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
-        return logits.masked_fill(~self.layout.allowed(tokens, logits.size(-1)), NEG_INF)
+        return self.mask(logits, *self.layout.span_state(tokens))
+
+    def mask(self, logits: Tensor, part: Tensor, count: Tensor) -> Tensor:
+        """The transform, given the rows' ``span_state``."""
+        return logits.masked_fill(~self.layout.allowed_in(part, count, logits.size(-1)), NEG_INF)
 
 
 class SpanSampler(Sampler):
@@ -431,20 +436,19 @@ class SpanSampler(Sampler):
         self.constraint = SpanConstraint(tokenizer=layout)
         self.default = build_sampler(default, tokenizer=layout)
         self.per_part = {layout.span(name).name: build_sampler(spec, tokenizer=layout) for name, spec in per_part.items()}
+        self.part_index = {name: list(layout.spans).index(name) for name in self.per_part}  # as span_state numbers parts
         chains = [self.default, *self.per_part.values()]
         parts = "; ".join(f"{name}: {sampler.spec}" for name, sampler in self.per_part.items())
         super().__init__([self.constraint], f"spans, {self.default.spec}" + (f"; {parts}" if parts else ""))
         self.is_greedy = all(chain.is_greedy for chain in chains)
 
     def filter(self, logits: Tensor, tokens: Tensor) -> Tensor:
-        logits = self.constraint(logits, tokens)
+        part, count = self.layout.span_state(tokens)
+        logits = self.constraint.mask(logits, part, count)
         filtered = self.default.filter(logits, tokens)
-        if self.per_part:
-            part, _ = self.layout.span_state(tokens)
-            names = list(self.layout.spans)
-            for name, sampler in self.per_part.items():
-                rows = (part == names.index(name))[:, None]
-                filtered = torch.where(rows, sampler.filter(logits, tokens), filtered)
+        for name, sampler in self.per_part.items():
+            rows = (part == self.part_index[name])[:, None]
+            filtered = torch.where(rows, sampler.filter(logits, tokens), filtered)
         return filtered
 
 

@@ -50,6 +50,11 @@ def supported(mode: DecodeWeights, weight: Tensor) -> bool:
     return True
 
 
+def version_of(weight: Tensor) -> tuple:
+    """Changes whenever the weight does: in place (an optimizer step, ``load_state_dict``) or replaced (``.to()``)."""
+    return weight.data_ptr(), weight._version, weight.dtype
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` that decodes with a prepared copy of its weight (see the module docstring)."""
 
@@ -62,14 +67,10 @@ class Linear(nn.Linear):
         ``setup_cache`` rebuilds it."""
         return {**super().__getstate__(), "prepared": None}
 
-    def weight_version(self) -> tuple:
-        """Changes whenever the weight does: in place (an optimizer step, ``load_state_dict``) or replaced (``.to()``)."""
-        return self.weight.data_ptr(), self.weight._version, self.weight.dtype
-
     def prepare(self, mode: DecodeWeights) -> None:
         """Build (or keep, when the weight has not changed) the copy ``mode`` needs; ``"plain"`` drops it."""
         weight = self.weight
-        version = self.weight_version()
+        version = version_of(weight)
         if mode == "plain" or not supported(mode, weight):
             self.prepared = None
             return
@@ -85,7 +86,7 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         prepared, weight = self.prepared, self.weight
         if (prepared is None or torch.is_grad_enabled() or torch.compiler.is_compiling()  # inductor packs its own
-                or prepared[1] != (weight.data_ptr(), weight._version, weight.dtype)):  # weight_version(), inlined
+                or prepared[1] != version_of(weight)):
             return F.linear(x, weight, self.bias)
         mode, _, tensors = prepared
         if mode == "packed":

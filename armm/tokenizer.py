@@ -82,6 +82,15 @@ class Tokenizer(ABC):
         return len(self.encode(sample))
 
     @property
+    def decodes_text(self) -> bool:
+        """Whether samples are text (``decode`` returns ``str``): ``armm sample`` prints them instead of writing files,
+        and ``armm inspect`` labels tokens with their text."""
+        try:
+            return isinstance(self.decode([]), str)
+        except (ValueError, TypeError, IndexError, RuntimeError):  # a plugin that cannot decode no ids
+            return False
+
+    @property
     def sample_length(self) -> int | None:
         """Ids per encoded sample when every sample has the same number (an 8x8 image: 64), else None.
         A mixed layout uses it to end a span exactly when it is full."""

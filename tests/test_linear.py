@@ -9,7 +9,7 @@ import torch
 from pydoc_data.topics import topics
 
 import armm
-from armm.linear import Linear, quantize_int8
+from armm.linear import Linear, quantize_int8, version_of
 from tests.conftest import tiny_model
 
 
@@ -61,7 +61,7 @@ def test_a_changed_weight_is_never_multiplied_through_a_stale_copy(mode):
     with torch.no_grad():
         torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
     model.setup_cache(1, 8)  # the next generation rebuilds the copy from the new weight
-    assert layer.prepared[1] == layer.weight_version()
+    assert layer.prepared[1] == version_of(layer.weight)
 
 
 def test_training_never_uses_a_prepared_copy():
