@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,6 +18,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def tiny_recipe(root: Path, **trainer) -> dict:
+    """A recipe training a one-layer byte-level model on the text files in ``root/data``, writing under ``root``;
+    ``trainer`` adds or replaces trainer settings (``max_steps`` at least)."""
+    return {
+        "model": {"preset": "gpt2-tiny", "overrides": {"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 32},
+                  "warmup_steps": 1},
+        "data": {"tokenizer": "bytes", "path": str(root / "data"), "seq_len": 16, "batch_size": 2, "val_fraction": 0.4,
+                 "cache_dir": str(root / "cache")},
+        "trainer": {"default_root_dir": str(root / "run"), "accelerator": "cpu", "devices": 1, "logger": False,
+                    "enable_progress_bar": False, "enable_model_summary": False, **trainer},
+    }  # fmt: skip
 
 
 def tiny_model(preset: str = "gpt2-tiny", **overrides) -> armm.Transformer:

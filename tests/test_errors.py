@@ -37,6 +37,7 @@ from armm_audio import MuLawTokenizer
 from armm_image import PixelTokenizer
 from armm_protein import ProteinTokenizer
 from armm_text import BPETokenizer
+from tests.conftest import tiny_recipe
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
@@ -97,15 +98,7 @@ def world(tmp_path_factory) -> World:
     for i in range(2):
         (root / "short" / f"{i}.txt").write_text("ab")
     (root / "bogus.yaml").write_text("data:\n  bogus: 1\n")
-    recipe = {
-        "model": {"preset": "gpt2-tiny", "overrides": {"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 32},
-                  "warmup_steps": 1},
-        "data": {"tokenizer": "bytes", "path": str(root / "data"), "seq_len": 16, "batch_size": 2, "val_fraction": 0.4,
-                 "cache_dir": str(root / "cache")},
-        "trainer": {"default_root_dir": str(root / "run"), "accelerator": "cpu", "devices": 1, "max_steps": 1,
-                    "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-                    "enable_model_summary": False},
-    }  # fmt: skip
+    recipe = tiny_recipe(root, max_steps=1, enable_checkpointing=False)
     world.recipe.write_text(json.dumps(recipe))  # JSON is YAML
     return world
 

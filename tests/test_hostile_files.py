@@ -35,6 +35,7 @@ from armm.training.callbacks import ExportModel, WriteSamples
 from armm.training.data import TokenDataModule
 from armm_image import PixelTokenizer, VQTokenizer
 from armm_text import BPETokenizer
+from tests.conftest import tiny_recipe
 
 VQ_OPTIONS = dict(size=4, channels=1, downsample=2, codebook_size=8, code_dim=4, hidden=8, res_blocks=1)
 
@@ -132,17 +133,9 @@ def run(tmp_path_factory) -> SimpleNamespace:
     (root / "data").mkdir()
     for i in range(3):
         (root / "data" / f"{i}.txt").write_text(f"document {i}: the cat sat on the mat. " * 8)
-    recipe = {
-        "model": {"preset": "gpt2-tiny", "overrides": {"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 32},
-                  "warmup_steps": 1},
-        "data": {"tokenizer": "bytes", "path": str(root / "data"), "seq_len": 16, "batch_size": 2, "val_fraction": 0.4,
-                 "cache_dir": str(root / "cache")},
-        "trainer": {"default_root_dir": str(root / "run"), "accelerator": "cpu", "devices": 1, "max_steps": 2,
-                    "limit_val_batches": 1, "logger": False, "enable_progress_bar": False,
-                    "enable_model_summary": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(root / "run" / "ckpt"), "save_last": True}}]},
-    }  # fmt: skip
+    recipe = tiny_recipe(root, max_steps=2, limit_val_batches=1, callbacks=[
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(root / "run" / "ckpt"), "save_last": True}}])
     (root / "recipe.yaml").write_text(json.dumps(recipe))
     main(["fit", "-c", str(root / "recipe.yaml")])
     last = root / "run" / "ckpt" / "last.ckpt"
