@@ -78,7 +78,7 @@ def sample(
     part_samplers: dict[str, str] | None = None,
     guidance: float | None = None,
     guidance_tokens: int | None = None,
-    decode_weights: DecodeWeights = "packed",
+    decode_weights: DecodeWeights = "native",
 ) -> None:
     """Generate samples from a saved model, in any modality its tokenizer plugin handles.
 
@@ -97,8 +97,9 @@ def sample(
         guidance: Classifier-free guidance scale for a mixed-modality model trained with condition dropout
             (1 = none; 2 to 4 follow the prompt more closely).
         guidance_tokens: Guide only the first N tokens of each span.
-        decode_weights: Weight format for decoding on the CPU: packed (float32, fastest exact), int8 (weight-only,
-            faster, approximate) or plain.
+        decode_weights: How to decode on the CPU: native (armm's C decode step on the float32 weights, fastest
+            exact; PyTorch with packed weights where no C compiler is found), packed (PyTorch, float32 weights in
+            oneDNN's layout), int8 (weight-only, approximate) or plain.
     """
     model, tok = load_model_with_tokenizer(model_dir)
     if num_samples < 1:

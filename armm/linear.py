@@ -3,8 +3,11 @@
 A decode step multiplies a few rows by every weight matrix, so its speed is set by how fast the weights are
 read. The formats, chosen by ``Transformer.decode_weights`` and prepared when a KV-cache is set up:
 
+- ``"native"`` (the CPU default): one-token steps run armm's native decode step (``armm.native``), which reads
+  the float32 weights in place; the layers themselves run ``"plain"`` (prefill, multi-token checks). Where the
+  native step cannot run (no C compiler, another dtype or device), the layers decode ``"packed"``.
 - ``"plain"``: ``F.linear`` on the float weights, as training runs.
-- ``"packed"`` (the CPU default): the same float32 weights reordered into oneDNN's blocked layout. MKL's
+- ``"packed"``: the same float32 weights reordered into oneDNN's blocked layout. MKL's
   small-batch kernels read ``[out, in]`` weights at a third to a half of the memory bandwidth; oneDNN's at
   close to all of it (figures in docs/performance.md). Results equal ``"plain"`` up to float rounding.
 - ``"int8"``: weight-only int8, symmetric per output channel (``scale = max |w_row| / 127``), multiplied by
@@ -24,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-DecodeWeights = Literal["plain", "packed", "int8"]
-DECODE_WEIGHTS = ("plain", "packed", "int8")
+DecodeWeights = Literal["native", "plain", "packed", "int8"]
+DECODE_WEIGHTS = ("native", "plain", "packed", "int8")
 
 
 def check_decode_weights(mode: str) -> str:
@@ -71,7 +74,7 @@ class Linear(nn.Linear):
         """Build (or keep, when the weight has not changed) the copy ``mode`` needs; ``"plain"`` drops it."""
         weight = self.weight
         version = version_of(weight)
-        if mode == "plain" or not supported(mode, weight):
+        if mode in ("plain", "native") or not supported(mode, weight):
             self.prepared = None
             return
         if self.prepared is not None and self.prepared[:2] == (mode, version):

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from armm.config import ModelConfig
 from armm.kv_cache import KVCache
+from armm import native
 from armm.linear import DecodeWeights, Linear, check_decode_weights
 
 
@@ -136,11 +137,12 @@ class Transformer(nn.Module):
     prepares it.
     """
 
-    decode_weights: DecodeWeights = "packed"
+    decode_weights: DecodeWeights = "native"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.native_step: native.NativeDecoder | None = None
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -156,6 +158,11 @@ class Transformer(nn.Module):
         for name, param in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
             if name.endswith("proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the native step's C pointers behind; they decode in PyTorch until the next
+        ``setup_cache``."""
+        return {**super().__getstate__(), "native_step": None}
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -181,14 +188,19 @@ class Transformer(nn.Module):
             block.attn.kv_cache = KVCache(
                 batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device
             )
-        check_decode_weights(self.decode_weights)
+        mode = check_decode_weights(self.decode_weights)
+        self.native_step = None
+        if mode == "native" and native.NativeDecoder.supports(self) and native.available():
+            self.native_step = native.NativeDecoder(self, native.library())
+        weights = "plain" if self.native_step is not None else "packed" if mode == "native" else mode
         for module in self.modules():
             if isinstance(module, Linear):
-                module.prepare(self.decode_weights)
+                module.prepare(weights)
 
     def clear_cache(self) -> None:
         for block in self.blocks:
             block.attn.kv_cache = None
+        self.native_step = None
 
     @property
     def has_cache(self) -> bool:
@@ -207,6 +219,9 @@ class Transformer(nn.Module):
                 f"sequence of {start + T} tokens is longer than the model's context (max_seq_len="
                 f"{self.config.max_seq_len}); truncate or split it"
             )
+        if T == 1 and self.native_step is not None and not torch.is_grad_enabled() and not (
+                self.training and self.config.dropout) and not torch.compiler.is_compiling():
+            return self.native_step(idx, start, pad)  # one decode step in one native call
         mask, is_causal = attention_mask(start, T, pad, idx.device)
         x = self.tok_emb(idx)  # (B, T, d)
         if self.pos_emb is not None:

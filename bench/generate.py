@@ -13,9 +13,10 @@ It prints these tables:
 
 1. Greedy throughput, prompt 16 tokens, 256 new tokens, batch 1 and 8: tokens/s of each, the ratio armm /
    transformers, and whether both produced identical tokens (checked here, not assumed). armm decodes with
-   its default weight format (``packed``: float32 in oneDNN's layout).
-2. armm's decode weight formats side by side (``plain`` float32 as training uses it, ``packed``, weight-only
-   ``int8``), and how many int8 tokens equal the float32 ones. The models are random, so their next-token
+   its default path (``native``: the whole float32 decode step in one call of armm's C step, ``armm.native``).
+2. armm's decode paths side by side (``native``; PyTorch with ``plain`` float32 weights as training uses them,
+   with ``packed`` weights in oneDNN's layout, with weight-only ``int8``), whether native and plain drew the same
+   tokens, and how many int8 tokens equal the float32 ones. The models are random, so their next-token
    distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy int8 tokens
    stay close to float32 (tests/test_linear.py states the tolerance).
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
@@ -107,7 +108,7 @@ def build_pairs(names: list[str], max_len: int, folder: Path) -> list[Pair]:
 
 
 # --- the two generation paths ------------------------------------------------------------------------------------
-def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str = "packed") -> torch.Tensor:
+def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str = "native") -> torch.Tensor:
     """``armm.generate``, greedy, decoding with the weight format ``weights`` (see ``armm.linear``)."""
     model.decode_weights = weights
     return torch.tensor(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, sampler="greedy"))
@@ -219,7 +220,8 @@ def main() -> None:
     print(f"armm {armm.__version__}, transformers {transformers.__version__}, torch {torch.__version__}, "
           f"python {platform.python_version()}, {platform.machine()}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
-          f"1-min load average {load:.2f} on {os.cpu_count()} CPUs")
+          f"1-min load average {load:.2f} on {os.cpu_count()} CPUs; native decode step: "
+          f"{'built' if armm.native.available() else 'NOT available (armm decodes in PyTorch)'}")
 
     with tempfile.TemporaryDirectory() as folder:
         pairs = build_pairs(args.models, args.max_seq_len, Path(folder))
@@ -259,14 +261,17 @@ def main() -> None:
             n = args.new_tokens
             seconds, outputs = alternate([lambda w=w: armm_generate(pair.armm, prompts, n, w) for w in FORMATS],
                                          args.repeats)
-            cells = [f"{batch * n / sec:,.0f}" for sec in seconds]
-            rows.append([pair.name, str(batch), *cells, f"{seconds[0] / seconds[1]:.2f}x",
-                         f"{seconds[1] / seconds[2]:.2f}x", f"{(outputs[2] == outputs[0]).float().mean():.0%}"])
+            sec, out = dict(zip(FORMATS, seconds)), dict(zip(FORMATS, outputs))
+            cells = [f"{batch * n / sec[w]:,.0f}" for w in FORMATS]
+            rows.append([pair.name, str(batch), *cells, f"{sec['plain'] / sec['native']:.2f}x",
+                         f"{sec['packed'] / sec['native']:.2f}x", same_tokens(out["native"], out["plain"]),
+                         f"{(out['int8'] == out['plain']).float().mean():.0%}"])
             if batch == 1:
-                batch1_int8_ms[pair.name] = seconds[2] / n * 1e3
+                batch1_int8_ms[pair.name] = sec["int8"] / n * 1e3
     if rows:
-        print("armm's decode weight formats (armm.linear), tokens/s:")
-        print_table(["model", "batch", *FORMATS, "packed / plain", "int8 / packed", "int8 tokens = float32 tokens"], rows)
+        print("armm's decode paths (armm.native, armm.linear), tokens/s:")
+        print_table(["model", "batch", *FORMATS, "native / plain", "native / packed", "native tokens = plain tokens",
+                     "int8 tokens = float32 tokens"], rows)
 
     # 3. the bandwidth floor
     bandwidth = read_bandwidth(device)
@@ -300,7 +305,7 @@ def main() -> None:
             rows.append([pair.name, f"{first:.1f}", f"{eager / n * 1e3:.2f}", f"{steady / n * 1e3:.2f}",
                          f"{eager / steady:.2f}x", f"{first / max(eager - steady, 1e-9) * n:,.0f}" if eager > steady
                          else "never", same_tokens(a, b)])
-        print("torch.compile(model, dynamic=True), batch 1 (armm eager decodes with packed weights):")
+        print("torch.compile(model, dynamic=True), batch 1 (armm eager decodes with its native step):")
         print_table(["model", "first call s (compile)", "eager ms/token", "compiled ms/token", "speed-up",
                      "tokens to repay the compile", "identical tokens"], rows)
 

@@ -97,7 +97,7 @@ def test_int8_quantisation_is_symmetric_per_output_row():
 def test_an_unknown_decode_weights_mode_is_refused():
     model = tiny_model()
     model.decode_weights = "fp8"
-    with pytest.raises(ValueError, match="decode_weights must be one of plain, packed, int8"):
+    with pytest.raises(ValueError, match="decode_weights must be one of native, plain, packed, int8"):
         model.setup_cache(1, 8)
 
 

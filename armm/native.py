@@ -1,0 +1,209 @@
+"""armm's native CPU decode step: ``csrc/decode_step.c``, built with the system's C compiler on first use.
+
+A batch-1 decode step on the CPU is bound by how fast it reads the weights, and in PyTorch it also pays the
+dispatch of ~150 operator calls. The native step does the whole step (embeddings to logits) in one call inside
+one OpenMP region, reading the model's own float32 weights in place: no copy, no extra memory.
+
+The library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
+``$ARMM_CACHE_DIR`` (default ``~/.cache/armm``) and loaded with ``ctypes``. Where it cannot be built (no C
+compiler, another OS) ``available()`` is False, a warning says why once, and decoding runs in PyTorch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).parent / "csrc" / "decode_step.c"
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, _float_p) for name in (
+        "norm_1_weight", "norm_1_bias", "qkv_weight", "qkv_bias", "attn_proj_weight", "attn_proj_bias",
+        "norm_2_weight", "norm_2_bias", "fc_weight", "fc_bias", "mlp_proj_weight", "mlp_proj_bias",
+        "k_cache", "v_cache",
+    )]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        *[(name, ctypes.c_int32) for name in (
+            "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "d_ff", "vocab_size", "cache_len",
+            "rmsnorm", "swiglu")],
+        ("norm_eps", ctypes.c_float),
+        *[(name, _float_p) for name in (
+            "tok_emb", "pos_emb", "rope_cos", "rope_sin", "norm_f_weight", "norm_f_bias", "lm_head_weight")],
+        ("layers", ctypes.POINTER(_Layer)),
+    ]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ARMM_CACHE_DIR") or Path.home() / ".cache" / "armm") / "native"
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` compiles for: the CPU's model and flags (a library built for one CPU may not run on
+    another that shares the cache folder)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    return "\n".join(sorted({line for line in info if line.startswith(("model name", "flags"))}))
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def library_path(compiler: str) -> Path:
+    """Where the library built from this source, with this compiler, for this CPU is cached."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(),
+                                     _cpu_id().encode()]))
+    return cache_dir() / f"decode_step-{key.hexdigest()[:16]}.so"
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The compiled library (building it if needed), or None with a warning saying why it cannot be."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return _unavailable(f"the native decode step is built on Linux x86-64 and arm64 only (here: {sys.platform} "
+                            f"{platform.machine()})")
+    compiler = _compiler()
+    if compiler is None:
+        return _unavailable("no C compiler (cc, gcc or clang) was found; install one (e.g. apt install gcc)")
+    path = library_path(compiler)
+    if path.exists():
+        try:
+            return _bind(ctypes.CDLL(str(path)))
+        except OSError:  # a damaged file in the cache: build it again
+            path.unlink(missing_ok=True)
+    error = _build(compiler, path)
+    return _unavailable(error) if error else _bind(ctypes.CDLL(str(path)))
+
+
+def _build(compiler: str, path: Path) -> str | None:
+    """Compile the source to ``path`` (atomically: a crash or a concurrent build never leaves half a library);
+    returns the error, if any."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            built = Path(tmp) / path.name
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                return f"{compiler} could not build {SOURCE.name}: {result.stderr.strip()[-500:]}"
+            os.replace(built, path)
+    except OSError as error:
+        return f"cannot write the native library to {path.parent} ({error}); set ARMM_CACHE_DIR to a writable folder"
+    return None
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    lib.armm_decode_step.restype = ctypes.c_int
+    lib.armm_decode_step.argtypes = [
+        ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+    ]
+    lib.armm_work_size.restype = ctypes.c_int64
+    lib.armm_work_size.argtypes = [ctypes.POINTER(_Model), ctypes.c_int]
+    return lib
+
+
+def _unavailable(reason: str) -> None:
+    warnings.warn(f"armm decodes in PyTorch: {reason}", RuntimeWarning, stacklevel=3)
+    return None
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def _ptr(tensor: Tensor | None):
+    return None if tensor is None else ctypes.cast(tensor.data_ptr(), _float_p)
+
+
+class NativeDecoder:
+    """The native decode step bound to one model's weights and KV-cache (built by ``Transformer.setup_cache``).
+
+    It keeps references to every tensor it points at, so none is freed under it; a weight replaced by another
+    tensor after ``setup_cache`` is not seen until the next one (changes in place, e.g. an optimizer step, are).
+    """
+
+    def __init__(self, model: torch.nn.Module, lib: ctypes.CDLL) -> None:
+        c = model.config
+        blocks = model.blocks
+        self.lib = lib
+        self.tensors: list[Tensor] = []  # everything the C structs point at
+
+        def ptr(tensor: Tensor | None):
+            if tensor is not None:
+                self.tensors.append(tensor)
+            return _ptr(tensor)
+
+        layers = (_Layer * len(blocks))()
+        for layer, block in zip(layers, blocks):
+            attn, mlp = block.attn, block.mlp
+            for field, tensor in (
+                ("norm_1_weight", block.norm_1.weight), ("norm_1_bias", getattr(block.norm_1, "bias", None)),
+                ("qkv_weight", attn.qkv.weight), ("qkv_bias", attn.qkv.bias),
+                ("attn_proj_weight", attn.proj.weight), ("attn_proj_bias", attn.proj.bias),
+                ("norm_2_weight", block.norm_2.weight), ("norm_2_bias", getattr(block.norm_2, "bias", None)),
+                ("fc_weight", mlp.fc.weight), ("fc_bias", mlp.fc.bias),
+                ("mlp_proj_weight", mlp.proj.weight), ("mlp_proj_bias", mlp.proj.bias),
+                ("k_cache", attn.kv_cache.k), ("v_cache", attn.kv_cache.v),
+            ):
+                setattr(layer, field, ptr(tensor))
+        cache = blocks[0].attn.kv_cache
+        rope = c.position == "rope"
+        self.model = _Model(
+            n_layer=c.n_layer, d_model=c.d_model, n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
+            d_ff=c.d_ff, vocab_size=c.vocab_size, cache_len=cache.max_len, rmsnorm=c.norm == "rmsnorm",
+            swiglu=c.mlp == "swiglu", norm_eps=c.norm_eps,
+            tok_emb=ptr(model.tok_emb.weight), pos_emb=ptr(model.pos_emb.weight if model.pos_emb is not None else None),
+            rope_cos=ptr(model.rope_cos if rope else None), rope_sin=ptr(model.rope_sin if rope else None),
+            norm_f_weight=ptr(model.norm_f.weight), norm_f_bias=ptr(getattr(model.norm_f, "bias", None)),
+            lm_head_weight=ptr(model.lm_head.weight), layers=layers,
+        )
+        self.layers = layers
+        self.batch_size, self.cache_len, self.vocab_size = cache.batch_size, cache.max_len, c.vocab_size
+        self.work = torch.empty(lib.armm_work_size(ctypes.byref(self.model), self.batch_size))
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        """Whether every tensor the step reads is a contiguous float32 CPU tensor (else: decode in PyTorch)."""
+        tensors = [*model.parameters(), *model.buffers()]
+        return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
+
+    def __call__(self, idx: Tensor, start: int, pad: Tensor | None) -> Tensor:
+        """Logits ``[B, 1, V]`` for one token per row, ``idx [B, 1]``, at cache slot ``start``."""
+        B = idx.size(0)
+        if B != self.batch_size:
+            raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {B}")
+        if start >= self.cache_len:
+            raise ValueError(f"KV-cache holds {self.cache_len} positions; cannot write up to slot {start + 1}")
+        logits = torch.empty(B, 1, self.vocab_size)
+        bad = self.lib.armm_decode_step(
+            ctypes.byref(self.model), idx.data_ptr(), idx.stride(0), B, start,
+            None if pad is None else pad.data_ptr(), self.work.data_ptr(), logits.data_ptr(), torch.get_num_threads(),
+        )
+        if bad:
+            raise IndexError(f"token id outside the vocabulary (0 .. {self.vocab_size - 1}) in {idx.flatten().tolist()}")
+        return logits
