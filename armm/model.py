@@ -212,6 +212,9 @@ class Transformer(nn.Module):
         B, T = idx.shape
         if start and not self.has_cache:
             raise ValueError("start > 0 needs a KV-cache holding the earlier slots; call setup_cache first")
+        if T == 1 and self.native_step is not None and not torch.is_grad_enabled() and not (
+                self.training and self.config.dropout) and not torch.compiler.is_compiling():
+            return self.native_step(idx, start, pad)  # one decode step in one native call
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
         if pad is None and start + T > self.config.max_seq_len:
@@ -219,9 +222,6 @@ class Transformer(nn.Module):
                 f"sequence of {start + T} tokens is longer than the model's context (max_seq_len="
                 f"{self.config.max_seq_len}); truncate or split it"
             )
-        if T == 1 and self.native_step is not None and not torch.is_grad_enabled() and not (
-                self.training and self.config.dropout) and not torch.compiler.is_compiling():
-            return self.native_step(idx, start, pad)  # one decode step in one native call
         mask, is_causal = attention_mask(start, T, pad, idx.device)
         x = self.tok_emb(idx)  # (B, T, d)
         if self.pos_emb is not None:

@@ -43,7 +43,7 @@ class _Model(ctypes.Structure):
     _fields_ = [
         *[(name, ctypes.c_int32) for name in (
             "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "d_ff", "vocab_size", "cache_len",
-            "rmsnorm", "swiglu")],
+            "max_seq_len", "rmsnorm", "swiglu")],
         ("norm_eps", ctypes.c_float),
         *[(name, _float_p) for name in (
             "tok_emb", "pos_emb", "rope_cos", "rope_sin", "norm_f_weight", "norm_f_bias", "lm_head_weight")],
@@ -175,7 +175,8 @@ class NativeDecoder:
         rope = c.position == "rope"
         self.model = _Model(
             n_layer=c.n_layer, d_model=c.d_model, n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
-            d_ff=c.d_ff, vocab_size=c.vocab_size, cache_len=cache.max_len, rmsnorm=c.norm == "rmsnorm",
+            d_ff=c.d_ff, vocab_size=c.vocab_size, cache_len=cache.max_len, max_seq_len=c.max_seq_len,
+            rmsnorm=c.norm == "rmsnorm",
             swiglu=c.mlp == "swiglu", norm_eps=c.norm_eps,
             tok_emb=ptr(model.tok_emb.weight), pos_emb=ptr(model.pos_emb.weight if model.pos_emb is not None else None),
             rope_cos=ptr(model.rope_cos if rope else None), rope_sin=ptr(model.rope_sin if rope else None),
@@ -183,7 +184,8 @@ class NativeDecoder:
             lm_head_weight=ptr(model.lm_head.weight), layers=layers,
         )
         self.layers = layers
-        self.batch_size, self.cache_len, self.vocab_size = cache.batch_size, cache.max_len, c.vocab_size
+        self.batch_size, self.cache_len, self.vocab_size, self.max_seq_len = (
+            cache.batch_size, cache.max_len, c.vocab_size, c.max_seq_len)
         self.work = torch.empty(lib.armm_work_size(ctypes.byref(self.model), self.batch_size))
 
     @staticmethod
@@ -199,11 +201,17 @@ class NativeDecoder:
             raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {B}")
         if start >= self.cache_len:
             raise ValueError(f"KV-cache holds {self.cache_len} positions; cannot write up to slot {start + 1}")
+        idx = idx if idx.dtype == torch.int64 else idx.long()
+        if pad is not None and (pad.dtype != torch.int64 or not pad.is_contiguous()):
+            pad = pad.long().contiguous()
         logits = torch.empty(B, 1, self.vocab_size)
         bad = self.lib.armm_decode_step(
             ctypes.byref(self.model), idx.data_ptr(), idx.stride(0), B, start,
             None if pad is None else pad.data_ptr(), self.work.data_ptr(), logits.data_ptr(), torch.get_num_threads(),
         )
-        if bad:
+        if bad == 1:
             raise IndexError(f"token id outside the vocabulary (0 .. {self.vocab_size - 1}) in {idx.flatten().tolist()}")
+        if bad == 2:
+            raise ValueError(f"sequence of {start + 1} tokens is longer than the model's context (max_seq_len="
+                             f"{self.max_seq_len}); truncate or split it")
         return logits

@@ -20,11 +20,11 @@ It prints these tables:
    distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy int8 tokens
    stay close to float32 (tests/test_linear.py states the tolerance).
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
-   read bandwidth (measured here: the best of several ``sum()`` passes over a 1 GiB tensor), and armm's
-   ms/token as a multiple of that floor.
+   read bandwidth (measured here: the best of several ``sum()`` passes over a 1 GiB tensor, right before each
+   timed generation, because a shared machine's bandwidth drifts), and armm's ms/token as a multiple of it.
 4. With ``--compile``: the cost of ``torch.compile`` and its steady-state speed (opt-in: it does not pay on CPU).
-5. ms/token at early (~50) and late (~1000) positions of one long generation (gpt2 model, batch 1), for both:
-   the late/early ratio shows whether anything recomputes the prefix.
+5. ms/token at early (~50) and late (~1000) positions of long generations (gpt2 model, batch 1, ``--repeats``
+   of them, alternating), for both: the late/early ratio shows whether anything recomputes the prefix.
 
 Both sides run in float32 under ``torch.inference_mode`` with the same number of threads; timings alternate
 between the two (A, B, A, B, …) so a noisy machine slows both alike, and each figure is the median of
@@ -181,9 +181,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def read_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 5) -> float:
-    """Memory read bandwidth in bytes/s: the best of ``repeats`` ``sum()`` passes over ``gib`` GiB of float32."""
-    data = torch.ones(int(gib * 2**30) // 4, device=device)
+def read_bandwidth(data: torch.Tensor, repeats: int = 5) -> float:
+    """Memory read bandwidth in bytes/s: the best of ``repeats`` ``sum()`` passes over ``data`` (1 GiB of float32)."""
+    device = data.device
     best = float("inf")
     for _ in range(repeats):
         sync(device)
@@ -235,7 +235,7 @@ def main() -> None:
           f"{args.repeats} after a warm-up\n")
 
     # 1. throughput
-    rows, batch1_ms, batch1_int8_ms = [], {}, {}
+    rows = []
     gen = torch.Generator().manual_seed(0)
     for pair in pairs:
         for batch in args.batch_sizes:
@@ -243,8 +243,6 @@ def main() -> None:
             n = args.new_tokens
             (a_sec, h_sec), (a_out, h_out) = alternate(
                 [lambda: armm_generate(pair.armm, prompts, n), lambda: hf_generate(pair.hf, prompts, n)], args.repeats)
-            if batch == 1:
-                batch1_ms[pair.name] = a_sec / n * 1e3
             rows.append([pair.name, str(batch), f"{batch * n / a_sec:,.0f}", f"{batch * n / h_sec:,.0f}",
                          f"{h_sec / a_sec:.2f}x", f"{a_sec / n * 1e3:.2f}", f"{h_sec / n * 1e3:.2f}",
                          same_tokens(a_out, h_out)])
@@ -266,26 +264,37 @@ def main() -> None:
             rows.append([pair.name, str(batch), *cells, f"{sec['plain'] / sec['native']:.2f}x",
                          f"{sec['packed'] / sec['native']:.2f}x", same_tokens(out["native"], out["plain"]),
                          f"{(out['int8'] == out['plain']).float().mean():.0%}"])
-            if batch == 1:
-                batch1_int8_ms[pair.name] = sec["int8"] / n * 1e3
     if rows:
         print("armm's decode paths (armm.native, armm.linear), tokens/s:")
         print_table(["model", "batch", *FORMATS, "native / plain", "native / packed", "native tokens = plain tokens",
                      "int8 tokens = float32 tokens"], rows)
 
-    # 3. the bandwidth floor
-    bandwidth = read_bandwidth(device)
+    # 3. the bandwidth floor, measured side by side with batch-1 decoding: this machine's bandwidth drifts by up to
+    #    1.6x within minutes (other tenants), so each round probes the bandwidth right before it decodes
+    probe = torch.ones(2**30 // 4, device=device)
     rows = []
     for pair in pairs:
-        if pair.name in batch1_ms:
-            size = pair.armm.tok_emb.weight.element_size()
-            for label, bytes_per_weight, ms in ((args.dtype, size, batch1_ms), ("int8", 1, batch1_int8_ms)):
-                if pair.name not in ms:
-                    continue  # int8 runs on the CPU only; on a GPU, decode in bfloat16 (--dtype)
-                weight_bytes = pair.weight_bytes // size * bytes_per_weight
-                floor = weight_bytes / bandwidth * 1e3
-                rows.append([pair.name, label, f"{weight_bytes / 1e6:.1f}", f"{bandwidth / 1e9:.1f}", f"{floor:.2f}",
-                             f"{ms[pair.name]:.2f}", f"{ms[pair.name] / floor:.2f}x"])
+        size = pair.armm.tok_emb.weight.element_size()
+        prompts = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
+        for label, weights, bytes_per_weight in ((args.dtype, "native", size), ("int8", "int8", 1)):
+            if weights == "int8" and device.type != "cpu":
+                continue  # int8 runs on the CPU only; on a GPU, decode in bfloat16 (--dtype)
+            weight_bytes = pair.weight_bytes // size * bytes_per_weight
+            armm_generate(pair.armm, prompts, args.new_tokens, weights)  # warm-up
+            rounds = []
+            for _ in range(args.repeats):
+                bandwidth = read_bandwidth(probe)
+                start = time.perf_counter()
+                armm_generate(pair.armm, prompts, args.new_tokens, weights)
+                ms = (time.perf_counter() - start) / args.new_tokens * 1e3
+                rounds.append((ms / (weight_bytes / bandwidth * 1e3), bandwidth, ms))
+            ratio, bandwidth, ms = sorted(rounds)[len(rounds) // 2]  # the median round
+            floor = weight_bytes / bandwidth * 1e3
+            rows.append([pair.name, label, f"{weight_bytes / 1e6:.1f}", f"{bandwidth / 1e9:.1f}", f"{floor:.2f}",
+                         f"{ms:.2f}", f"{ratio:.2f}x"])
+    del probe
+    print(f"batch 1 against the bandwidth floor; each of {args.repeats} rounds probes the bandwidth, then decodes; "
+          "the median round:")
     print_table(["model", "weights", "weights read / token (MB)", "read bandwidth (GB/s)", "floor ms/token",
                  "armm ms/token (batch 1)", "armm / floor"], rows)
 
@@ -314,12 +323,17 @@ def main() -> None:
         pair = pairs[0]
         new = args.late + 10 - args.prompt_len
         prompt = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
-        a_times, h_times = armm_step_times(pair.armm, prompt, new), hf_step_times(pair.hf, prompt, new)
+        runs = {"armm": [], "transformers": []}
+        for _ in range(args.repeats):
+            runs["armm"].append(armm_step_times(pair.armm, prompt, new))
+            runs["transformers"].append(hf_step_times(pair.hf, prompt, new))
         rows = []
-        for label, times in (("armm", a_times), ("transformers", h_times)):
-            early, late = around(times, 50, args.prompt_len), around(times, args.late, args.prompt_len)
+        for label, times in runs.items():
+            early = statistics.median(around(t, 50, args.prompt_len) for t in times)
+            late = statistics.median(around(t, args.late, args.prompt_len) for t in times)
             rows.append([label, f"{early:.2f}", f"{late:.2f}", f"{late / early:.2f}x"])
-        print(f"{pair.name}, batch 1, one generation of {new} tokens; median of the 20 steps around each position")
+        print(f"{pair.name}, batch 1, {args.repeats} generations of {new} tokens each; the median over them of the "
+              "median of the 20 steps around each position")
         print_table(["library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early"], rows)
 
 

@@ -3,6 +3,7 @@ forward pass and as PyTorch's cached step for every architecture option, ragged 
 a clean fallback wherever it cannot run."""
 
 import copy
+import os
 import pickle
 import warnings
 
@@ -15,7 +16,12 @@ import armm
 from armm import native
 from tests.conftest import tiny_model
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: armm decodes in PyTorch here")
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: armm decodes in PyTorch here")
+
+
+@pytest.mark.skipif(not os.environ.get("ARMM_REQUIRE_NATIVE"), reason="ARMM_REQUIRE_NATIVE is not set (CI sets it)")
+def test_the_native_step_is_built_where_required():
+    assert native.available(), "CI requires the native decode step; see the RuntimeWarning for why it did not build"
 
 
 def _step_logits(model: armm.Transformer, prompts: list[list[int]], steps: int, mode: str) -> torch.Tensor:
@@ -35,6 +41,7 @@ def _step_logits(model: armm.Transformer, prompts: list[list[int]], steps: int, 
         model.clear_cache()
 
 
+@needs_native
 @settings(max_examples=30, deadline=None)
 @given(
     n_head=st.sampled_from([1, 2, 4]),
@@ -68,6 +75,7 @@ def test_native_steps_equal_pytorch_steps_and_a_full_forward(n_head, kv_divisor,
             torch.testing.assert_close(fast[row], full, rtol=1e-4, atol=1e-4)
 
 
+@needs_native
 @pytest.mark.parametrize("preset", ["gpt2-10m", "llama-tiny"])
 def test_native_greedy_tokens_equal_pytorch_and_a_batch_equals_its_rows(preset):
     torch.manual_seed(0)
@@ -83,6 +91,7 @@ def test_native_greedy_tokens_equal_pytorch_and_a_batch_equals_its_rows(preset):
                        for p, s in zip(prompts, [1, 2, 3])]
 
 
+@needs_native
 def test_native_logits_do_not_depend_on_the_thread_count(one_thread):
     model = tiny_model("gpt2-10m")
     prompts = [[1], [4]]  # one-token prompts: the prefill is a native step too (PyTorch's prefill is not invariant)
@@ -91,6 +100,7 @@ def test_native_logits_do_not_depend_on_the_thread_count(one_thread):
     assert torch.equal(_step_logits(model, prompts, 5, "native"), one)  # each output is summed by one thread
 
 
+@needs_native
 def test_an_in_place_weight_change_after_setup_cache_is_seen():
     model = tiny_model()
     ids = torch.tensor([[3, 1, 4, 1, 5]])
@@ -107,6 +117,21 @@ def test_an_in_place_weight_change_after_setup_cache_is_seen():
     torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
 
 
+@needs_native
+def test_int32_tokens_and_padding_read_as_int64():
+    model = tiny_model()
+    prompts = [[5, 6, 7], [8]]
+    reference = _step_logits(model, prompts, 3, "native")
+    model.setup_cache(2, 6)
+    with torch.inference_mode():
+        model(torch.tensor([[5, 6, 7], [0, 0, 8]]), start=0, pad=torch.tensor([0, 2]))
+        feed, pad = torch.arange(6, dtype=torch.int32).view(2, 3), torch.tensor([0, 2], dtype=torch.int32)
+        steps = torch.cat([model(feed[:, t:t + 1], start=3 + t, pad=pad) for t in range(3)], dim=1)
+    model.clear_cache()
+    torch.testing.assert_close(steps, reference, rtol=0, atol=0)
+
+
+@needs_native
 def test_bad_steps_raise_instead_of_reading_out_of_bounds():
     model = tiny_model()
     model.setup_cache(2, 4)
@@ -120,8 +145,13 @@ def test_bad_steps_raise_instead_of_reading_out_of_bounds():
         with pytest.raises(ValueError, match="batch size 2"):
             model(torch.tensor([[1]]), start=0)
     model.clear_cache()
+    model.setup_cache(1, model.config.max_seq_len + 2)  # a cache longer than the position table
+    with torch.inference_mode(), pytest.raises(ValueError, match="longer than the model's context"):
+        model(torch.tensor([[1]]), start=model.config.max_seq_len)
+    model.clear_cache()
 
 
+@needs_native
 @pytest.mark.parametrize("change", ["bfloat16", "non-contiguous"])
 def test_models_the_step_cannot_read_decode_in_pytorch(change):
     model = tiny_model()
@@ -138,6 +168,7 @@ def test_models_the_step_cannot_read_decode_in_pytorch(change):
     assert len(tokens[0]) == 5
 
 
+@needs_native
 def test_copies_and_pickles_of_a_model_with_a_cache_decode_in_pytorch():
     model = tiny_model()
     model.setup_cache(1, 8)
@@ -157,6 +188,7 @@ def fresh_library(tmp_path, monkeypatch):
     native.library.cache_clear()
 
 
+@needs_native
 def test_a_fresh_cache_builds_the_library_and_a_damaged_one_is_rebuilt(fresh_library, tmp_path):
     path = fresh_library.library_path(fresh_library._compiler())
     assert path.parent == tmp_path / "native" and not path.exists()
@@ -179,6 +211,7 @@ def test_without_a_compiler_armm_warns_once_and_decodes_in_pytorch(fresh_library
         assert len(armm.generate(model, [[1, 2]], max_new_tokens=4)[0]) == 4  # the warning came once
 
 
+@needs_native
 def test_a_failed_build_says_why(fresh_library, monkeypatch, tmp_path):
     broken = tmp_path / "broken.c"
     broken.write_text("this is not C")

@@ -24,7 +24,7 @@ typedef struct {
 } Layer;
 
 typedef struct {
-    int32_t n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab_size, cache_len;
+    int32_t n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab_size, cache_len, max_seq_len;
     int32_t rmsnorm, swiglu;
     float norm_eps;
     const float *tok_emb, *pos_emb;             /* pos_emb NULL with rotary embeddings */
@@ -81,8 +81,8 @@ static void rope(const Model *m, float *v, int pos) {
 }
 
 /* tokens [B] (row stride token_stride) at cache slot `slot`; pad [B] left padding per row or NULL.
- * work: scratch of armm_work_size floats. logits: [B, vocab_size]. Returns 1 (and does nothing) if a token
- * is outside the vocabulary, else 0. */
+ * work: scratch of armm_work_size floats. logits: [B, vocab_size]. Returns (and does nothing) 1 if a token
+ * is outside the vocabulary, 2 if a position is past max_seq_len; else 0. */
 int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride, int B, int slot,
                       const int64_t *pad, float *work, float *logits, int n_threads) {
     const int d = m->d_model, hd = m->head_dim, nh = m->n_head, nkv = m->n_kv_head, T = m->cache_len;
@@ -90,8 +90,10 @@ int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride
     float *x = work, *h = x + (size_t)B * d, *qkv = h + (size_t)B * d, *att = qkv + (size_t)B * qkv_out;
     float *ff = att + (size_t)B * nh * hd, *scores = ff + (size_t)B * hidden;
     const float scale = 1.f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++)
+    for (int b = 0; b < B; b++) {
         if (tokens[b * token_stride] < 0 || tokens[b * token_stride] >= m->vocab_size) return 1;
+        if (slot - (pad ? pad[b] : 0) >= m->max_seq_len) return 2;
+    }
 
     #pragma omp parallel num_threads(n_threads)
     {
@@ -153,17 +155,18 @@ int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride
             linear(att, nh * hd, B, nh * hd, L->attn_proj_weight, L->attn_proj_bias, d, x, 1);
             norm(m, x, B, L->norm_2_weight, L->norm_2_bias, h);
             linear(h, d, B, d, L->fc_weight, L->fc_bias, hidden, ff, 0);
-            #pragma omp for schedule(static)
-            for (int b = 0; b < B; b++) {
+            for (int b = 0; b < B; b++) {  /* the activation, written over the first d_ff columns of each row */
                 float *row = ff + (size_t)b * hidden;
+                #pragma omp for schedule(static) nowait
                 for (int i = 0; i < m->d_ff; i++) {
                     float v = row[i];
-                    if (m->swiglu)  /* silu(gate) * up, written over the gate half */
+                    if (m->swiglu)  /* silu(gate) * up */
                         row[i] = v / (1.f + expf(-v)) * row[m->d_ff + i];
-                    else            /* GELU, tanh approximation */
-                        row[i] = 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+                    else            /* GELU, tanh approximation: 0.5 v (1 + tanh(u)) = v sigmoid(2u) */
+                        row[i] = v / (1.f + expf(-1.5957691216057308f * (v + 0.044715f * v * v * v)));
                 }
             }
+            #pragma omp barrier
             linear(ff, hidden, B, m->d_ff, L->mlp_proj_weight, L->mlp_proj_bias, d, x, 1);  /* gate half only */
         }
         norm(m, x, B, m->norm_f_weight, m->norm_f_bias, h);
