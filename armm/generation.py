@@ -195,7 +195,7 @@ def _decode(
     model.eval()
     model.setup_cache(R, P + max_new_tokens)
     try:
-        logits = model(context[:, :P].clamp(min=0), start=0, pad=pad)[:, -1]  # prefill: (R, V)
+        logits = model(context[:, :P].clamp(min=0), start=0, pad=pad, logits_to_keep=1)[:, -1]  # prefill: (R, V)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             slot = P + step

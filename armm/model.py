@@ -207,8 +207,11 @@ class Transformer(nn.Module):
         return self.blocks[0].attn.kv_cache is not None
 
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, idx: Tensor, *, start: int = 0, pad: Tensor | None = None) -> Tensor:
-        """Logits ``[B, T, V]`` for tokens ``idx [B, T]`` at slots ``start ..``; ``pad [B]`` = left-padding per row."""
+    def forward(self, idx: Tensor, *, start: int = 0, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
+        """Logits ``[B, T, V]`` for tokens ``idx [B, T]`` at slots ``start ..``; ``pad [B]`` = left-padding per row.
+
+        ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (``[B, n, V]``; 0 = all), as a
+        prefill needs: the output layer is the largest matrix of a small model."""
         B, T = idx.shape
         if start and not self.has_cache:
             raise ValueError("start > 0 needs a KV-cache holding the earlier slots; call setup_cache first")
@@ -230,4 +233,6 @@ class Transformer(nn.Module):
         x = F.dropout(x, self.config.dropout, self.training)
         for block in self.blocks:
             x = block(x, rope, mask, is_causal, start)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]  # (B, n, d)
         return self.lm_head(self.norm_f(x))

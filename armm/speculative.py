@@ -170,7 +170,7 @@ def _decode(
         start = draft_len
         for j in range(k_round):
             slot = n + j
-            logits = draft(context[:, start:slot].clamp(min=0), start=start, pad=pad)[:, -1]  # (B, V)
+            logits = draft(context[:, start:slot].clamp(min=0), start=start, pad=pad, logits_to_keep=1)[:, -1]  # (B, V)
             logits = sampler.filter(logits, context[:, :slot])
             if sampler.is_greedy:
                 context[:, slot] = logits.argmax(-1)

@@ -69,6 +69,17 @@ def test_cached_logits_equal_a_full_forward_at_every_step_for_ragged_prompts(pre
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+def test_logits_to_keep_gives_the_last_positions_logits(preset):
+    model = tiny_model(preset)
+    ids = torch.randint(0, 256, (2, 9))
+    pad = torch.tensor([0, 3])
+    with torch.no_grad():
+        full = model(ids, pad=pad)
+        for n in (1, 4, 9):
+            torch.testing.assert_close(model(ids, pad=pad, logits_to_keep=n), full[:, -n:], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_chunked_prefill_equals_one_pass(preset):
     model = tiny_model(preset)
     ids = torch.randint(0, 256, (2, 20))
