@@ -3,8 +3,9 @@
  * A batch-1 decode step is bound by memory bandwidth: it multiplies one row by every weight matrix. In PyTorch
  * the step is ~150 operator calls, each with its own dispatch, and the matrix-vector kernels read weights at
  * 60-80% of the bandwidth. Here the whole step -- embeddings, norms, projections, rotary embeddings, the cache
- * write, attention, the MLP and the output layer -- runs inside one OpenMP parallel region, and each
- * weight row is streamed once against the batch's rows. armm.native builds this file on first use and calls
+ * write, attention, the MLP (its activation fused into its first layer) and the output layer -- runs inside one
+ * OpenMP parallel region; each weight row is streamed once against the batch's rows, and each output is summed
+ * by one thread in a fixed order, so results do not depend on the thread count. armm.native builds this file on first use and calls
  * armm_decode_step through ctypes; armm.model falls back to PyTorch wherever it cannot (tests compare both).
  *
  * Layout conventions are those of armm/model.py: fused qkv = [q heads | k heads | v heads], SwiGLU's fc =
@@ -33,20 +34,40 @@ typedef struct {
     const Layer *layers;
 } Model;
 
-/* y[b, o] (+)= x[b, :in] . W[o, :] + bias[o] for b < B (rows of x are x_stride apart); each weight row is
- * read once for all B rows. */
-static void linear(const float *x, int x_stride, int B, int in, const float *W, const float *bias, int out,
-                   float *y, int accumulate) {
+static inline float dot(const float *w, const float *x, int n) {
+    float s = 0.f;
+    #pragma omp simd reduction(+:s)
+    for (int i = 0; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+/* y[b, o] (+)= x[b, :] . W[o, :] + bias[o] for b < B; each weight row is read once for all B rows. */
+static void linear(const float *x, int B, int in, const float *W, const float *bias, int out, float *y,
+                   int accumulate) {
     #pragma omp for schedule(static)
     for (int o = 0; o < out; o++) {
         const float *w = W + (size_t)o * in;
         for (int b = 0; b < B; b++) {
-            const float *xb = x + (size_t)b * x_stride;
-            float s = 0.f;
-            #pragma omp simd reduction(+:s)
-            for (int i = 0; i < in; i++) s += w[i] * xb[i];
-            if (bias) s += bias[o];
+            float s = dot(w, x + (size_t)b * in, in) + (bias ? bias[o] : 0.f);
             y[(size_t)b * out + o] = accumulate ? y[(size_t)b * out + o] + s : s;
+        }
+    }
+}
+
+/* The MLP's first layer and its activation, y [B, d_ff]: GELU (tanh approximation, as v * sigmoid(2u)) of each
+ * output, or SwiGLU, silu(gate) * up, from the pair of rows o (gate) and d_ff + o (up) of the fused weight. */
+static void mlp_in(const Model *m, const float *x, int B, const float *W, const float *bias, float *y) {
+    const int d = m->d_model, f = m->d_ff;
+    #pragma omp for schedule(static)
+    for (int o = 0; o < f; o++) {
+        const float *gate = W + (size_t)o * d, *up = W + (size_t)(f + o) * d;
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + (size_t)b * d;
+            float v = dot(gate, xb, d) + (bias ? bias[o] : 0.f);
+            if (m->swiglu)
+                y[(size_t)b * f + o] = v / (1.f + expf(-v)) * (dot(up, xb, d) + (bias ? bias[f + o] : 0.f));
+            else
+                y[(size_t)b * f + o] = v / (1.f + expf(-1.5957691216057308f * (v + 0.044715f * v * v * v)));
         }
     }
 }
@@ -86,9 +107,9 @@ static void rope(const Model *m, float *v, int pos) {
 int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride, int B, int slot,
                       const int64_t *pad, float *work, float *logits, int n_threads) {
     const int d = m->d_model, hd = m->head_dim, nh = m->n_head, nkv = m->n_kv_head, T = m->cache_len;
-    const int qkv_out = (nh + 2 * nkv) * hd, hidden = m->d_ff * (m->swiglu ? 2 : 1);
+    const int qkv_out = (nh + 2 * nkv) * hd;
     float *x = work, *h = x + (size_t)B * d, *qkv = h + (size_t)B * d, *att = qkv + (size_t)B * qkv_out;
-    float *ff = att + (size_t)B * nh * hd, *scores = ff + (size_t)B * hidden;
+    float *ff = att + (size_t)B * nh * hd, *scores = ff + (size_t)B * m->d_ff;
     const float scale = 1.f / sqrtf((float)hd);
     for (int b = 0; b < B; b++) {
         if (tokens[b * token_stride] < 0 || tokens[b * token_stride] >= m->vocab_size) return 1;
@@ -108,7 +129,7 @@ int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride
         for (int l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
             norm(m, x, B, L->norm_1_weight, L->norm_1_bias, h);
-            linear(h, d, B, d, L->qkv_weight, L->qkv_bias, qkv_out, qkv, 0);
+            linear(h, B, d, L->qkv_weight, L->qkv_bias, qkv_out, qkv, 0);
             /* rotary embeddings on q and k, then k and v into the cache at `slot` */
             #pragma omp for schedule(static)
             for (int b = 0; b < B; b++) {
@@ -136,10 +157,7 @@ int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride
                     const float *V = L->v_cache + ((size_t)b * nkv + kv) * T * hd;
                     float *s = scores + ((size_t)b * nh + j) * T, top = -INFINITY, total = 0.f;
                     for (int t = first; t <= slot; t++) {
-                        float dot = 0.f;
-                        #pragma omp simd reduction(+:dot)
-                        for (int i = 0; i < hd; i++) dot += q[i] * K[(size_t)t * hd + i];
-                        s[t] = dot * scale;
+                        s[t] = dot(q, K + (size_t)t * hd, hd) * scale;
                         if (s[t] > top) top = s[t];
                     }
                     for (int t = first; t <= slot; t++) total += (s[t] = expf(s[t] - top));
@@ -152,25 +170,13 @@ int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride
                     }
                 }
             }
-            linear(att, nh * hd, B, nh * hd, L->attn_proj_weight, L->attn_proj_bias, d, x, 1);
+            linear(att, B, nh * hd, L->attn_proj_weight, L->attn_proj_bias, d, x, 1);
             norm(m, x, B, L->norm_2_weight, L->norm_2_bias, h);
-            linear(h, d, B, d, L->fc_weight, L->fc_bias, hidden, ff, 0);
-            for (int b = 0; b < B; b++) {  /* the activation, written over the first d_ff columns of each row */
-                float *row = ff + (size_t)b * hidden;
-                #pragma omp for schedule(static) nowait
-                for (int i = 0; i < m->d_ff; i++) {
-                    float v = row[i];
-                    if (m->swiglu)  /* silu(gate) * up */
-                        row[i] = v / (1.f + expf(-v)) * row[m->d_ff + i];
-                    else            /* GELU, tanh approximation: 0.5 v (1 + tanh(u)) = v sigmoid(2u) */
-                        row[i] = v / (1.f + expf(-1.5957691216057308f * (v + 0.044715f * v * v * v)));
-                }
-            }
-            #pragma omp barrier
-            linear(ff, hidden, B, m->d_ff, L->mlp_proj_weight, L->mlp_proj_bias, d, x, 1);  /* gate half only */
+            mlp_in(m, h, B, L->fc_weight, L->fc_bias, ff);
+            linear(ff, B, m->d_ff, L->mlp_proj_weight, L->mlp_proj_bias, d, x, 1);
         }
         norm(m, x, B, m->norm_f_weight, m->norm_f_bias, h);
-        linear(h, d, B, d, m->lm_head_weight, NULL, m->vocab_size, logits, 0);
+        linear(h, B, d, m->lm_head_weight, NULL, m->vocab_size, logits, 0);
     }
     return 0;
 }
@@ -178,7 +184,6 @@ int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride
 /* Floats of scratch armm_decode_step needs for a batch of B rows. */
 int64_t armm_work_size(const Model *m, int B) {
     int64_t qkv_out = (int64_t)(m->n_head + 2 * m->n_kv_head) * m->head_dim;
-    int64_t hidden = (int64_t)m->d_ff * (m->swiglu ? 2 : 1);
-    return B * (2 * (int64_t)m->d_model + qkv_out + (int64_t)m->n_head * m->head_dim + hidden
+    return B * (2 * (int64_t)m->d_model + qkv_out + (int64_t)m->n_head * m->head_dim + m->d_ff
                 + (int64_t)m->n_head * m->cache_len);
 }
