@@ -34,25 +34,10 @@ typedef struct {
     const Layer *layers;
 } Model;
 
-/* 16 floats at any alignment (GCC/Clang vector extension: AVX-512, 2 x AVX2 or 4 x NEON registers) */
-typedef float vf __attribute__((vector_size(64), aligned(4), may_alias));
-
-/* w . x with four independent accumulators, so the loads, not the latency of one chain of additions, set the
- * pace (about 10% more read bandwidth than one accumulator when memory is fast). */
 static inline float dot(const float *w, const float *x, int n) {
-    vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-    int i = 0;
-    for (; i + 64 <= n; i += 64) {
-        a0 += *(const vf *)(w + i) * *(const vf *)(x + i);
-        a1 += *(const vf *)(w + i + 16) * *(const vf *)(x + i + 16);
-        a2 += *(const vf *)(w + i + 32) * *(const vf *)(x + i + 32);
-        a3 += *(const vf *)(w + i + 48) * *(const vf *)(x + i + 48);
-    }
-    for (; i + 16 <= n; i += 16) a0 += *(const vf *)(w + i) * *(const vf *)(x + i);
-    vf a = (a0 + a1) + (a2 + a3);
     float s = 0.f;
-    for (int k = 0; k < 16; k++) s += a[k];
-    for (; i < n; i++) s += w[i] * x[i];
+    #pragma omp simd reduction(+:s)
+    for (int i = 0; i < n; i++) s += w[i] * x[i];
     return s;
 }
 
