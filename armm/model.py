@@ -213,11 +213,13 @@ class Transformer(nn.Module):
         ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (``[B, n, V]``; 0 = all), as a
         prefill needs: the output layer is the largest matrix of a small model."""
         B, T = idx.shape
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         if start and not self.has_cache:
             raise ValueError("start > 0 needs a KV-cache holding the earlier slots; call setup_cache first")
-        if T == 1 and self.native_step is not None and not torch.is_grad_enabled() and not (
+        if T <= native.MAX_TOKENS and self.native_step is not None and not torch.is_grad_enabled() and not (
                 self.training and self.config.dropout) and not torch.compiler.is_compiling():
-            return self.native_step(idx, start, pad)  # one decode step in one native call
+            return self.native_step(idx, start, pad, logits_to_keep)  # a decode step in one native call
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
         if pad is None and start + T > self.config.max_seq_len:

@@ -117,10 +117,10 @@ def _build(compiler: str, path: Path) -> str | None:
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    lib.armm_decode_step.restype = ctypes.c_int
-    lib.armm_decode_step.argtypes = [
-        ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+    lib.armm_forward.restype = ctypes.c_int
+    lib.armm_forward.argtypes = [
+        ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
     ]
     lib.armm_work_size.restype = ctypes.c_int64
     lib.armm_work_size.argtypes = [ctypes.POINTER(_Model), ctypes.c_int]
@@ -140,8 +140,12 @@ def _ptr(tensor: Tensor | None):
     return None if tensor is None else ctypes.cast(tensor.data_ptr(), _float_p)
 
 
+MAX_TOKENS = 8  # tokens per row the native forward takes in one call; longer inputs (prefills) run in PyTorch
+
+
 class NativeDecoder:
-    """The native decode step bound to one model's weights and KV-cache (built by ``Transformer.setup_cache``).
+    """The native forward bound to one model's weights and KV-cache (built by ``Transformer.setup_cache``): decode
+    steps, and short multi-token forwards (speculative checks, short prefills) of up to ``MAX_TOKENS`` per row.
 
     It keeps references to every tensor it points at, so none is freed under it; a weight replaced by another
     tensor after ``setup_cache`` is not seen until the next one (changes in place, e.g. an optimizer step, are).
@@ -186,7 +190,7 @@ class NativeDecoder:
         self.layers = layers
         self.batch_size, self.cache_len, self.vocab_size, self.max_seq_len = (
             cache.batch_size, cache.max_len, c.vocab_size, c.max_seq_len)
-        self.work = torch.empty(lib.armm_work_size(ctypes.byref(self.model), self.batch_size))
+        self.work = torch.empty(0)
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -194,24 +198,30 @@ class NativeDecoder:
         tensors = [*model.parameters(), *model.buffers()]
         return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
-    def __call__(self, idx: Tensor, start: int, pad: Tensor | None) -> Tensor:
-        """Logits ``[B, 1, V]`` for one token per row, ``idx [B, 1]``, at cache slot ``start``."""
-        B = idx.size(0)
+    def __call__(self, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int = 0) -> Tensor:
+        """Logits ``[B, T, V]`` (the last ``logits_to_keep`` of them, if not 0) for ``idx [B, T]`` at cache slots
+        ``start .. start+T-1``; ``T`` is at most ``MAX_TOKENS``."""
+        B, T = idx.shape
         if B != self.batch_size:
             raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {B}")
-        if start >= self.cache_len:
-            raise ValueError(f"KV-cache holds {self.cache_len} positions; cannot write up to slot {start + 1}")
-        idx = idx if idx.dtype == torch.int64 else idx.long()
+        if start + T > self.cache_len:
+            raise ValueError(f"KV-cache holds {self.cache_len} positions; cannot write up to slot {start + T}")
+        idx = idx if idx.dtype == torch.int64 and idx.stride(-1) == 1 else idx.long().contiguous()
         if pad is not None and (pad.dtype != torch.int64 or not pad.is_contiguous()):
             pad = pad.long().contiguous()
-        logits = torch.empty(B, 1, self.vocab_size)
-        bad = self.lib.armm_decode_step(
-            ctypes.byref(self.model), idx.data_ptr(), idx.stride(0), B, start,
-            None if pad is None else pad.data_ptr(), self.work.data_ptr(), logits.data_ptr(), torch.get_num_threads(),
+        keep = min(logits_to_keep, T) or T
+        size = self.lib.armm_work_size(ctypes.byref(self.model), B * T)
+        if self.work.numel() < size:
+            self.work = torch.empty(size)
+        logits = torch.empty(B, keep, self.vocab_size)
+        bad = self.lib.armm_forward(
+            ctypes.byref(self.model), idx.data_ptr(), idx.stride(0), B, T, start,
+            None if pad is None else pad.data_ptr(), keep, self.work.data_ptr(), logits.data_ptr(),
+            torch.get_num_threads(),
         )
         if bad == 1:
             raise IndexError(f"token id outside the vocabulary (0 .. {self.vocab_size - 1}) in {idx.flatten().tolist()}")
         if bad == 2:
-            raise ValueError(f"sequence of {start + 1} tokens is longer than the model's context (max_seq_len="
+            raise ValueError(f"sequence of {start + T} tokens is longer than the model's context (max_seq_len="
                              f"{self.max_seq_len}); truncate or split it")
         return logits

@@ -92,6 +92,30 @@ def test_native_greedy_tokens_equal_pytorch_and_a_batch_equals_its_rows(preset):
 
 
 @needs_native
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_multi_token_native_forwards_equal_pytorch_including_padding_positions(preset):
+    torch.manual_seed(0)
+    model = tiny_model(preset)
+    prompts = [[5, 6, 7, 8, 9], [3], [1, 2, 3]]  # a short ragged prefill goes native too (T <= MAX_TOKENS)
+    P = 5
+    idx = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
+    pad = torch.tensor([P - len(p) for p in prompts])
+    chunks = torch.randint(0, model.config.vocab_size, (3, 7))
+    outputs = {}
+    for mode in ("native", "plain"):
+        model.decode_weights = mode
+        model.setup_cache(3, P + 7)
+        with torch.inference_mode():
+            outputs[mode] = [model(idx, start=0, pad=pad), model(chunks[:, :4], start=P, pad=pad),
+                             model(chunks[:, 4:], start=P + 4, pad=pad, logits_to_keep=2)]
+        assert (model.native_step is not None) == (mode == "native")
+        model.clear_cache()
+    assert [o.shape[1] for o in outputs["native"]] == [5, 4, 2]
+    for fast, slow in zip(outputs["native"], outputs["plain"]):
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
 def test_native_logits_do_not_depend_on_the_thread_count(one_thread):
     model = tiny_model("gpt2-10m")
     prompts = [[1], [4]]  # one-token prompts: the prefill is a native step too (PyTorch's prefill is not invariant)

@@ -41,15 +41,36 @@ static inline float dot(const float *w, const float *x, int n) {
     return s;
 }
 
+/* x[b] . w for four rows b at once: four independent sums, so several tokens per row (a speculative check, a
+ * short prefill) are not bound by the latency of one chain of additions. */
+static inline void dot4(const float *w, const float *x, int n, float *out) {
+    const float *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    #pragma omp simd reduction(+:s0, s1, s2, s3)
+    for (int i = 0; i < n; i++) {
+        s0 += w[i] * x0[i]; s1 += w[i] * x1[i]; s2 += w[i] * x2[i]; s3 += w[i] * x3[i];
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
 /* y[b, o] (+)= x[b, :] . W[o, :] + bias[o] for b < B; each weight row is read once for all B rows. */
 static void linear(const float *x, int B, int in, const float *W, const float *bias, int out, float *y,
                    int accumulate) {
     #pragma omp for schedule(static)
     for (int o = 0; o < out; o++) {
         const float *w = W + (size_t)o * in;
-        for (int b = 0; b < B; b++) {
-            float s = dot(w, x + (size_t)b * in, in) + (bias ? bias[o] : 0.f);
-            y[(size_t)b * out + o] = accumulate ? y[(size_t)b * out + o] + s : s;
+        float s[4];
+        for (int b = 0; b < B; b += 4) {
+            int n = B - b < 4 ? B - b : 4;
+            if (n == 4)
+                dot4(w, x + (size_t)b * in, in, s);
+            else
+                for (int k = 0; k < n; k++) s[k] = dot(w, x + (size_t)(b + k) * in, in);
+            for (int k = 0; k < n; k++) {
+                float v = s[k] + (bias ? bias[o] : 0.f);
+                float *dst = y + (size_t)(b + k) * out + o;
+                *dst = accumulate ? *dst + v : v;
+            }
         }
     }
 }
@@ -101,89 +122,101 @@ static void rope(const Model *m, float *v, int pos) {
     }
 }
 
-/* tokens [B] (row stride token_stride) at cache slot `slot`; pad [B] left padding per row or NULL.
- * work: scratch of armm_work_size floats. logits: [B, vocab_size]. Returns (and does nothing) 1 if a token
- * is outside the vocabulary, 2 if a position is past max_seq_len; else 0. */
-int armm_decode_step(const Model *m, const int64_t *tokens, int64_t token_stride, int B, int slot,
-                      const int64_t *pad, float *work, float *logits, int n_threads) {
-    const int d = m->d_model, hd = m->head_dim, nh = m->n_head, nkv = m->n_kv_head, T = m->cache_len;
-    const int qkv_out = (nh + 2 * nkv) * hd;
-    float *x = work, *h = x + (size_t)B * d, *qkv = h + (size_t)B * d, *att = qkv + (size_t)B * qkv_out;
-    float *ff = att + (size_t)B * nh * hd, *scores = ff + (size_t)B * m->d_ff;
+/* Position of row r (batch row r / T, its token r % T) and its cache slot; a padding slot has position 0. */
+static inline int slot_of(int r, int T, int start) { return start + r % T; }
+static inline int position_of(int r, int T, int start, const int64_t *pad) {
+    int pos = start + r % T - (pad ? (int)pad[r / T] : 0);
+    return pos < 0 ? 0 : pos;
+}
+
+/* tokens [B, T] (rows token_stride apart) at cache slots start .. start+T-1; pad [B] left padding per row or
+ * NULL. Writes the logits of the last `keep` tokens of each row, [B, keep, vocab_size]. work: scratch of
+ * armm_work_size(m, B * T) floats. Returns (and does nothing) 1 if a token is outside the vocabulary, 2 if a
+ * position is past max_seq_len; else 0. */
+int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, int B, int T, int start,
+                 const int64_t *pad, int keep, float *work, float *logits, int n_threads) {
+    const int d = m->d_model, hd = m->head_dim, nh = m->n_head, nkv = m->n_kv_head, C = m->cache_len;
+    const int qkv_out = (nh + 2 * nkv) * hd, R = B * T;  /* R rows: one per token */
+    float *x = work, *h = x + (size_t)R * d, *qkv = h + (size_t)R * d, *att = qkv + (size_t)R * qkv_out;
+    float *ff = att + (size_t)R * nh * hd, *scores = ff + (size_t)R * m->d_ff;
     const float scale = 1.f / sqrtf((float)hd);
-    for (int b = 0; b < B; b++) {
-        if (tokens[b * token_stride] < 0 || tokens[b * token_stride] >= m->vocab_size) return 1;
-        if (slot - (pad ? pad[b] : 0) >= m->max_seq_len) return 2;
+    for (int r = 0; r < R; r++) {
+        int64_t token = tokens[(r / T) * token_stride + r % T];
+        if (token < 0 || token >= m->vocab_size) return 1;
+        if (start + r % T - (pad ? pad[r / T] : 0) >= m->max_seq_len) return 2;
     }
 
     #pragma omp parallel num_threads(n_threads)
     {
         #pragma omp for schedule(static)
-        for (int b = 0; b < B; b++) {
-            int pos = slot - (pad ? (int)pad[b] : 0);
-            if (pos < 0) pos = 0;
-            const float *e = m->tok_emb + (size_t)tokens[b * token_stride] * d;
-            const float *p = m->pos_emb ? m->pos_emb + (size_t)pos * d : NULL;
-            for (int i = 0; i < d; i++) x[(size_t)b * d + i] = e[i] + (p ? p[i] : 0.f);
+        for (int r = 0; r < R; r++) {
+            const float *e = m->tok_emb + (size_t)tokens[(r / T) * token_stride + r % T] * d;
+            const float *p = m->pos_emb ? m->pos_emb + (size_t)position_of(r, T, start, pad) * d : NULL;
+            for (int i = 0; i < d; i++) x[(size_t)r * d + i] = e[i] + (p ? p[i] : 0.f);
         }
         for (int l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
-            norm(m, x, B, L->norm_1_weight, L->norm_1_bias, h);
-            linear(h, B, d, L->qkv_weight, L->qkv_bias, qkv_out, qkv, 0);
-            /* rotary embeddings on q and k, then k and v into the cache at `slot` */
+            norm(m, x, R, L->norm_1_weight, L->norm_1_bias, h);
+            linear(h, R, d, L->qkv_weight, L->qkv_bias, qkv_out, qkv, 0);
+            /* rotary embeddings on q and k, then k and v into the cache at each token's slot */
             #pragma omp for schedule(static)
-            for (int b = 0; b < B; b++) {
-                float *row = qkv + (size_t)b * qkv_out;
-                int pos = slot - (pad ? (int)pad[b] : 0);
-                if (pos < 0) pos = 0;
+            for (int r = 0; r < R; r++) {
+                float *row = qkv + (size_t)r * qkv_out;
                 if (m->rope_cos)
-                    for (int j = 0; j < nh + nkv; j++) rope(m, row + (size_t)j * hd, pos);
+                    for (int j = 0; j < nh + nkv; j++) rope(m, row + (size_t)j * hd, position_of(r, T, start, pad));
                 for (int j = 0; j < nkv; j++) {
-                    size_t at = (((size_t)b * nkv + j) * T + slot) * hd;
+                    size_t at = (((size_t)(r / T) * nkv + j) * C + slot_of(r, T, start)) * hd;
                     for (int i = 0; i < hd; i++) {
                         L->k_cache[at + i] = row[(size_t)(nh + j) * hd + i];
                         L->v_cache[at + i] = row[(size_t)(nh + nkv + j) * hd + i];
                     }
                 }
             }
-            /* attention of each (row, head) over cache slots pad[b] .. slot */
+            /* attention of each (token, head) over the cache slots pad[b] .. its own; a padding token (its slot
+             * below pad[b]) attends to itself only */
             #pragma omp for collapse(2) schedule(static)
-            for (int b = 0; b < B; b++) {
+            for (int r = 0; r < R; r++) {
                 for (int j = 0; j < nh; j++) {
-                    const float *q = qkv + (size_t)b * qkv_out + (size_t)j * hd;
-                    int kv = j / (nh / nkv), first = pad ? (int)pad[b] : 0;
-                    if (first > slot) first = slot;
-                    const float *K = L->k_cache + ((size_t)b * nkv + kv) * T * hd;
-                    const float *V = L->v_cache + ((size_t)b * nkv + kv) * T * hd;
-                    float *s = scores + ((size_t)b * nh + j) * T, top = -INFINITY, total = 0.f;
-                    for (int t = first; t <= slot; t++) {
+                    const float *q = qkv + (size_t)r * qkv_out + (size_t)j * hd;
+                    int b = r / T, kv = j / (nh / nkv), last = slot_of(r, T, start), first = pad ? (int)pad[b] : 0;
+                    if (first > last) first = last;
+                    const float *K = L->k_cache + ((size_t)b * nkv + kv) * C * hd;
+                    const float *V = L->v_cache + ((size_t)b * nkv + kv) * C * hd;
+                    float *s = scores + ((size_t)r * nh + j) * C, top = -INFINITY, total = 0.f;
+                    for (int t = first; t <= last; t++) {
                         s[t] = dot(q, K + (size_t)t * hd, hd) * scale;
                         if (s[t] > top) top = s[t];
                     }
-                    for (int t = first; t <= slot; t++) total += (s[t] = expf(s[t] - top));
-                    float *y = att + (size_t)b * nh * hd + (size_t)j * hd;
+                    for (int t = first; t <= last; t++) total += (s[t] = expf(s[t] - top));
+                    float *y = att + (size_t)r * nh * hd + (size_t)j * hd;
                     for (int i = 0; i < hd; i++) y[i] = 0.f;
-                    for (int t = first; t <= slot; t++) {
+                    for (int t = first; t <= last; t++) {
                         float w = s[t] / total;
                         #pragma omp simd
                         for (int i = 0; i < hd; i++) y[i] += w * V[(size_t)t * hd + i];
                     }
                 }
             }
-            linear(att, B, nh * hd, L->attn_proj_weight, L->attn_proj_bias, d, x, 1);
-            norm(m, x, B, L->norm_2_weight, L->norm_2_bias, h);
-            mlp_in(m, h, B, L->fc_weight, L->fc_bias, ff);
-            linear(ff, B, m->d_ff, L->mlp_proj_weight, L->mlp_proj_bias, d, x, 1);
+            linear(att, R, nh * hd, L->attn_proj_weight, L->attn_proj_bias, d, x, 1);
+            norm(m, x, R, L->norm_2_weight, L->norm_2_bias, h);
+            mlp_in(m, h, R, L->fc_weight, L->fc_bias, ff);
+            linear(ff, R, m->d_ff, L->mlp_proj_weight, L->mlp_proj_bias, d, x, 1);
         }
-        norm(m, x, B, m->norm_f_weight, m->norm_f_bias, h);
-        linear(h, B, d, m->lm_head_weight, NULL, m->vocab_size, logits, 0);
+        /* the output layer for the last `keep` tokens of each row: gather them, then norm and project */
+        #pragma omp for schedule(static)
+        for (int k = 0; k < B * keep; k++) {
+            const float *src = x + ((size_t)(k / keep) * T + T - keep + k % keep) * d;
+            for (int i = 0; i < d; i++) qkv[(size_t)k * d + i] = src[i];
+        }
+        norm(m, qkv, B * keep, m->norm_f_weight, m->norm_f_bias, h);
+        linear(h, B * keep, d, m->lm_head_weight, NULL, m->vocab_size, logits, 0);
     }
     return 0;
 }
 
-/* Floats of scratch armm_decode_step needs for a batch of B rows. */
-int64_t armm_work_size(const Model *m, int B) {
+/* Floats of scratch armm_forward needs for R = B * T tokens. */
+int64_t armm_work_size(const Model *m, int R) {
     int64_t qkv_out = (int64_t)(m->n_head + 2 * m->n_kv_head) * m->head_dim;
-    return B * (2 * (int64_t)m->d_model + qkv_out + (int64_t)m->n_head * m->head_dim + m->d_ff
+    return R * (2 * (int64_t)m->d_model + qkv_out + (int64_t)m->n_head * m->head_dim + m->d_ff
                 + (int64_t)m->n_head * m->cache_len);
 }
