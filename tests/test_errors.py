@@ -291,6 +291,11 @@ def registered_twice() -> None:
     registry.add("x", object, provider="armm-x-fork")
 
 
+def _with_decode_weights(model: armm.Transformer, mode: str) -> armm.Transformer:
+    model.decode_weights = mode
+    return model
+
+
 API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
     "sampler-empty": (lambda tmp: armm.build_sampler(""), ValueError, "sampler spec must be a non-empty string"),
     "prompt-id-outside-vocabulary": (lambda tmp: armm.generate(tiny_model(), [[1, 500]], max_new_tokens=1),
@@ -321,6 +326,10 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
                       "scoring takes a flat sequence of integer token ids"),
     "score-stride": (lambda tmp: armm.score(tiny_model(), [1, 2, 3], stride=0), ValueError,
                      "stride must be in [1, max_seq_len - 1]"),
+    "logits-to-keep": (lambda tmp: tiny_model()(torch.tensor([[1, 2]]), logits_to_keep=-1), ValueError,
+                       "logits_to_keep must be an integer >= 0"),
+    "decode-weights": (lambda tmp: _with_decode_weights(tiny_model(), "fp8").setup_cache(1, 4), ValueError,
+                       "decode_weights must be one of native, plain, packed, int8, got 'fp8'"),
     "config-inconsistent": (lambda tmp: armm.ModelConfig(d_model=100, n_head=3), ValueError,
                             "d_model (100) must be divisible by n_head (3)"),
     "config-bad-choice": (lambda tmp: armm.ModelConfig(position="alibi"), ValueError,
