@@ -20,8 +20,10 @@ It prints these tables:
    distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy int8 tokens
    stay close to float32 (tests/test_linear.py states the tolerance).
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
-   read bandwidth (measured here: the best of several ``sum()`` passes over a 1 GiB tensor, right before each
-   timed generation, because a shared machine's bandwidth drifts), and armm's ms/token as a multiple of it.
+   read bandwidth, and armm's ms/token as a multiple of it. The bandwidth is measured here with ``sum()`` passes,
+   twice per round: the peak (best of five 1 GiB passes right before the generation) and the mean during the
+   generation (a 256 MB pass after every 16 tokens, timed apart from them), because a shared machine's
+   bandwidth changes within seconds.
 4. With ``--compile``: the cost of ``torch.compile`` of the PyTorch decode path and its steady-state speed,
    against armm's eager default (the native step).
 5. ms/token at early (~50) and late (~1000) positions of long generations (gpt2 model, batch 1, ``--repeats``
@@ -171,6 +173,28 @@ def hf_step_times(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int)
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
+def decode_between_probes(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str,
+                          probe: torch.Tensor, every: int = 16) -> tuple[float, float]:
+    """One greedy generation with a ``probe.sum()`` after every ``every`` tokens → (ms per token without the probes,
+    the probes' mean read bandwidth in bytes/s): both measured over the same seconds."""
+    model.decode_weights = weights
+    decoding = probing = 0.0
+    passes = 0
+    start = time.perf_counter()
+    for i, _ in enumerate(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, stream=True)):
+        if (i + 1) % every == 0:
+            now = time.perf_counter()
+            decoding += now - start
+            sync(probe.device)
+            probe.sum()
+            sync(probe.device)
+            start = time.perf_counter()
+            probing += start - now
+            passes += 1
+    decoding += time.perf_counter() - start
+    return decoding / new_tokens * 1e3, passes * probe.numel() * probe.element_size() / probing
+
+
 def around(times: list[float], position: int, prompt_len: int, window: int = 20) -> float:
     """Median ms of the steps that predict tokens at ``position ± window/2``."""
     first = max(0, position - prompt_len - window // 2)
@@ -271,8 +295,10 @@ def main() -> None:
         print_table(["model", "batch", *FORMATS, "native / plain", "native / packed", "native tokens = plain tokens",
                      "int8 tokens = float32 tokens"], rows)
 
-    # 3. the bandwidth floor, measured side by side with batch-1 decoding: this machine's bandwidth drifts by up to
-    #    1.6x within minutes (other tenants), so each round probes the bandwidth right before it decodes
+    # 3. the bandwidth floor, measured side by side with batch-1 decoding. This machine's bandwidth is not constant
+    #    (other tenants): it switches between about 42 and 73 GB/s within seconds. So each round measures it twice:
+    #    the peak (best of five 1 GiB passes right before decoding) and the mean during the decode itself (a 256 MB
+    #    pass after every 16 tokens, timed apart from the tokens).
     probe = torch.ones(2**30 // 4, device=device)
     rows = []
     for pair in pairs:
@@ -285,20 +311,18 @@ def main() -> None:
             armm_generate(pair.armm, prompts, args.new_tokens, weights)  # warm-up
             rounds = []
             for _ in range(args.repeats):
-                bandwidth = read_bandwidth(probe)
-                start = time.perf_counter()
-                armm_generate(pair.armm, prompts, args.new_tokens, weights)
-                ms = (time.perf_counter() - start) / args.new_tokens * 1e3
-                rounds.append((ms / (weight_bytes / bandwidth * 1e3), bandwidth, ms))
-            ratio, bandwidth, ms = sorted(rounds)[len(rounds) // 2]  # the median round
-            floor = weight_bytes / bandwidth * 1e3
-            rows.append([pair.name, label, f"{weight_bytes / 1e6:.1f}", f"{bandwidth / 1e9:.1f}", f"{floor:.2f}",
-                         f"{ms:.2f}", f"{ratio:.2f}x"])
+                peak = read_bandwidth(probe)
+                ms, during = decode_between_probes(pair.armm, prompts, args.new_tokens, weights, probe[:2**26])
+                rounds.append((ms / (weight_bytes / during * 1e3), ms, peak, during))
+            _, ms, peak, during = sorted(rounds)[len(rounds) // 2]  # the median round
+            rows.append([pair.name, label, f"{weight_bytes / 1e6:.1f}", f"{ms:.2f}", f"{peak / 1e9:.1f}",
+                         f"{weight_bytes / peak * 1e3:.2f}", f"{ms / (weight_bytes / peak * 1e3):.2f}x",
+                         f"{during / 1e9:.1f}", f"{weight_bytes / during * 1e3:.2f}",
+                         f"**{ms / (weight_bytes / during * 1e3):.2f}x**"])
     del probe
-    print(f"batch 1 against the bandwidth floor; each of {args.repeats} rounds probes the bandwidth, then decodes; "
-          "the median round:")
-    print_table(["model", "weights", "weights read / token (MB)", "read bandwidth (GB/s)", "floor ms/token",
-                 "armm ms/token (batch 1)", "armm / floor"], rows)
+    print(f"batch 1 against the bandwidth floor; the median of {args.repeats} rounds (by armm / floor during):")
+    print_table(["model", "weights", "weights read / token (MB)", "armm ms/token", "peak GB/s", "floor ms",
+                 "armm / floor (peak)", "GB/s during", "floor ms (during)", "armm / floor (during)"], rows)
 
     # 4. torch.compile of the model, opt-in: does it pay?
     if args.compile:
