@@ -10,9 +10,10 @@ read. The formats, chosen by ``Transformer.decode_weights`` and prepared when a 
 - ``"packed"``: the same float32 weights reordered into oneDNN's blocked layout. MKL's
   small-batch kernels read ``[out, in]`` weights at a third to a half of the memory bandwidth; oneDNN's at
   close to all of it (figures in docs/performance.md). Results equal ``"plain"`` up to float rounding.
-- ``"int8"``: weight-only int8, symmetric per output channel (``scale = max |w_row| / 127``), multiplied by
-  ``torch.ops.aten._weight_int8pack_mm`` with bfloat16 activations: a quarter of the bytes to read. An
-  approximation: tests bound its logit error and its greedy agreement with float32 on a trained model.
+- ``"int8"``: weight-only int8, symmetric per output channel (``scale = max |w_row| / 127``): a quarter of the
+  bytes to read. Short forwards read it in the native step (float32 activations); longer ones multiply by
+  ``torch.ops.aten._weight_int8pack_mm`` with bfloat16 activations. An approximation: tests bound its logit error
+  and its greedy agreement with float32 on a trained model.
 
 A prepared copy is kept, for the next generation, with the version of the weight it came from: a changed weight
 (an optimizer step, ``load_state_dict``, ``.to()``) is never multiplied through a stale copy, and the next

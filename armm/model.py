@@ -190,12 +190,13 @@ class Transformer(nn.Module):
             )
         mode = check_decode_weights(self.decode_weights)
         self.native_step = None
-        if mode == "native" and native.NativeDecoder.supports(self) and native.available():
-            self.native_step = native.NativeDecoder(self, native.library())
-        weights = "plain" if self.native_step is not None else "packed" if mode == "native" else mode
+        use_native = mode in ("native", "int8") and native.NativeDecoder.supports(self) and native.available()
+        weights = {"native": "plain" if use_native else "packed"}.get(mode, mode)  # what longer prefills use
         for module in self.modules():
             if isinstance(module, Linear):
                 module.prepare(weights)
+        if use_native:
+            self.native_step = native.NativeDecoder(self, native.library(), int8=mode == "int8")
 
     def clear_cache(self) -> None:
         for block in self.blocks:

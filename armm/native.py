@@ -31,12 +31,19 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _float_p = ctypes.POINTER(ctypes.c_float)
 
 
+_int8_p = ctypes.POINTER(ctypes.c_int8)
+MATRICES = ("qkv", "attn_proj", "fc", "mlp_proj")  # the four weight matrices of a layer, as the C struct names them
+
+
 class _Layer(ctypes.Structure):
-    _fields_ = [(name, _float_p) for name in (
-        "norm_1_weight", "norm_1_bias", "qkv_weight", "qkv_bias", "attn_proj_weight", "attn_proj_bias",
-        "norm_2_weight", "norm_2_bias", "fc_weight", "fc_bias", "mlp_proj_weight", "mlp_proj_bias",
-        "k_cache", "v_cache",
-    )]
+    _fields_ = [
+        *[(name, _float_p) for name in (
+            "norm_1_weight", "norm_1_bias", "qkv_weight", "qkv_bias", "attn_proj_weight", "attn_proj_bias",
+            "norm_2_weight", "norm_2_bias", "fc_weight", "fc_bias", "mlp_proj_weight", "mlp_proj_bias",
+            "k_cache", "v_cache")],
+        *[(f"{name}_q", _int8_p) for name in MATRICES],
+        *[(f"{name}_scale", _float_p) for name in MATRICES],
+    ]
 
 
 class _Model(ctypes.Structure):
@@ -47,6 +54,8 @@ class _Model(ctypes.Structure):
         ("norm_eps", ctypes.c_float),
         *[(name, _float_p) for name in (
             "tok_emb", "pos_emb", "rope_cos", "rope_sin", "norm_f_weight", "norm_f_bias", "lm_head_weight")],
+        ("lm_head_q", _int8_p),
+        ("lm_head_scale", _float_p),
         ("layers", ctypes.POINTER(_Layer)),
     ]
 
@@ -137,7 +146,16 @@ def available() -> bool:
 
 
 def _ptr(tensor: Tensor | None):
-    return None if tensor is None else ctypes.cast(tensor.data_ptr(), _float_p)
+    if tensor is None:
+        return None
+    return ctypes.cast(tensor.data_ptr(), _int8_p if tensor.dtype == torch.int8 else _float_p)
+
+
+def _int8_copy(linear: torch.nn.Module) -> tuple[Tensor, Tensor]:
+    """A linear layer's prepared int8 weight ``[out, in]`` and its scales as float32 ``[out]``."""
+    mode, _, (quantized, scales) = linear.prepared
+    assert mode == "int8", "prepare the linear layers for int8 before building an int8 native step"
+    return quantized, scales.float().contiguous()
 
 
 MAX_TOKENS = 8  # tokens per row the native forward takes in one call; longer inputs (prefills) run in PyTorch
@@ -151,7 +169,9 @@ class NativeDecoder:
     tensor after ``setup_cache`` is not seen until the next one (changes in place, e.g. an optimizer step, are).
     """
 
-    def __init__(self, model: torch.nn.Module, lib: ctypes.CDLL) -> None:
+    def __init__(self, model: torch.nn.Module, lib: ctypes.CDLL, int8: bool = False) -> None:
+        """``int8``: read the linear layers' weight-only int8 copies (``Linear.prepare("int8")`` must have run)
+        instead of their float32 weights."""
         c = model.config
         blocks = model.blocks
         self.lib = lib
@@ -175,6 +195,11 @@ class NativeDecoder:
                 ("k_cache", attn.kv_cache.k), ("v_cache", attn.kv_cache.v),
             ):
                 setattr(layer, field, ptr(tensor))
+            if int8:
+                for name, linear in zip(MATRICES, (attn.qkv, attn.proj, mlp.fc, mlp.proj)):
+                    quantized, scale = _int8_copy(linear)
+                    setattr(layer, f"{name}_q", ptr(quantized))
+                    setattr(layer, f"{name}_scale", ptr(scale))
         cache = blocks[0].attn.kv_cache
         rope = c.position == "rope"
         self.model = _Model(
@@ -187,6 +212,9 @@ class NativeDecoder:
             norm_f_weight=ptr(model.norm_f.weight), norm_f_bias=ptr(getattr(model.norm_f, "bias", None)),
             lm_head_weight=ptr(model.lm_head.weight), layers=layers,
         )
+        if int8:
+            quantized, scale = _int8_copy(model.lm_head)
+            self.model.lm_head_q, self.model.lm_head_scale = ptr(quantized), ptr(scale)
         self.layers = layers
         self.batch_size, self.cache_len, self.vocab_size, self.max_seq_len = (
             cache.batch_size, cache.max_len, c.vocab_size, c.max_seq_len)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import armm
 from armm import native
+from armm.linear import Linear, quantize_int8
 from tests.conftest import tiny_model
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler: armm decodes in PyTorch here")
@@ -33,7 +34,7 @@ def _step_logits(model: armm.Transformer, prompts: list[list[int]], steps: int, 
     model.decode_weights = mode
     model.setup_cache(B, P + steps)
     try:
-        assert (model.native_step is not None) == (mode == "native")
+        assert (model.native_step is not None) == (mode in ("native", "int8"))
         with torch.inference_mode():
             model(idx, start=0, pad=pad)
             return torch.cat([model(feed[:, t:t + 1], start=P + t, pad=pad) for t in range(steps)], dim=1)
@@ -108,11 +109,34 @@ def test_multi_token_native_forwards_equal_pytorch_including_padding_positions(p
         with torch.inference_mode():
             outputs[mode] = [model(idx, start=0, pad=pad), model(chunks[:, :4], start=P, pad=pad),
                              model(chunks[:, 4:], start=P + 4, pad=pad, logits_to_keep=2)]
-        assert (model.native_step is not None) == (mode == "native")
+        assert (model.native_step is not None) == (mode in ("native", "int8"))
         model.clear_cache()
     assert [o.shape[1] for o in outputs["native"]] == [5, 4, 2]
     for fast, slow in zip(outputs["native"], outputs["plain"]):
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_native_int8_steps_equal_a_full_forward_of_the_dequantized_weights(preset):
+    torch.manual_seed(0)
+    model = tiny_model(preset)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    model.decode_weights = "int8"
+    model.setup_cache(2, 12)
+    assert model.native_step is not None
+    with torch.inference_mode():  # one token at a time: every forward is a native int8 step
+        steps = torch.cat([model(ids[:, t:t + 1], start=t) for t in range(12)], dim=1)
+    model.clear_cache()
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for linear in (m for m in reference.modules() if isinstance(m, Linear)):
+            quantized, scales = quantize_int8(linear.weight)
+            linear.weight = torch.nn.Parameter(quantized.float() * scales.float()[:, None])  # unties the head too
+        full = reference(ids)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
+    model.decode_weights = "native"
+    assert not torch.allclose(_step_logits(model, [[1]], 3, "native"), _step_logits(model, [[1]], 3, "int8"))
 
 
 @needs_native

@@ -5,8 +5,9 @@
  * 60-80% of the bandwidth. Here the whole step -- embeddings, norms, projections, rotary embeddings, the cache
  * write, attention, the MLP (its activation fused into its first layer) and the output layer -- runs inside one
  * OpenMP parallel region; each weight row is streamed once against the batch's rows, and each output is summed
- * by one thread in a fixed order, so results do not depend on the thread count. armm.native builds this file on first use and calls
- * armm_decode_step through ctypes; armm.model falls back to PyTorch wherever it cannot (tests compare both).
+ * by one thread in a fixed order, so results do not depend on the thread count. Matrices can also be read as
+ * weight-only int8 copies (a quarter of the bytes). armm.native builds this file on first use and calls
+ * armm_forward through ctypes; armm.model falls back to PyTorch wherever it cannot (tests compare both).
  *
  * Layout conventions are those of armm/model.py: fused qkv = [q heads | k heads | v heads], SwiGLU's fc =
  * [gate | up], rotary embeddings in the half-rotation layout, the cache [batch, n_kv_head, max_len, head_dim]. */
@@ -22,6 +23,10 @@ typedef struct {
     const float *fc_weight, *fc_bias;
     const float *mlp_proj_weight, *mlp_proj_bias;
     float *k_cache, *v_cache;                   /* [batch, n_kv_head, cache_len, head_dim] */
+    /* weight-only int8 copies of the four matrices ([out, in], symmetric per output row: w = q * scale[out]),
+     * read instead of the float32 weights when not NULL */
+    const int8_t *qkv_q, *attn_proj_q, *fc_q, *mlp_proj_q;
+    const float *qkv_scale, *attn_proj_scale, *fc_scale, *mlp_proj_scale;
 } Layer;
 
 typedef struct {
@@ -31,14 +36,32 @@ typedef struct {
     const float *tok_emb, *pos_emb;             /* pos_emb NULL with rotary embeddings */
     const float *rope_cos, *rope_sin;           /* [max_seq_len, head_dim], NULL with learned positions */
     const float *norm_f_weight, *norm_f_bias, *lm_head_weight;
+    const int8_t *lm_head_q;                    /* int8 copy of the output layer, or NULL */
+    const float *lm_head_scale;
     const Layer *layers;
 } Model;
+
+/* One weight matrix [out, in]: float32, or int8 with a float32 scale per output row when q is not NULL. */
+typedef struct { const float *w; const int8_t *q; const float *scale; } Matrix;
 
 static inline float dot(const float *w, const float *x, int n) {
     float s = 0.f;
     #pragma omp simd reduction(+:s)
     for (int i = 0; i < n; i++) s += w[i] * x[i];
     return s;
+}
+
+/* (q . x) for an int8 weight row q; the caller multiplies by the row's scale */
+static inline float dot_q(const int8_t *q, const float *x, int n) {
+    float s = 0.f;
+    #pragma omp simd reduction(+:s)
+    for (int i = 0; i < n; i++) s += (float)q[i] * x[i];
+    return s;
+}
+
+/* Row o of a matrix against x: w[o] . x, the int8 copy's when there is one. */
+static inline float row_dot(Matrix W, int o, const float *x, int n) {
+    return W.q ? dot_q(W.q + (size_t)o * n, x, n) * W.scale[o] : dot(W.w + (size_t)o * n, x, n);
 }
 
 /* x[b] . w for four rows b at once: four independent sums, so several tokens per row (a speculative check, a
@@ -54,18 +77,16 @@ static inline void dot4(const float *w, const float *x, int n, float *out) {
 }
 
 /* y[b, o] (+)= x[b, :] . W[o, :] + bias[o] for b < B; each weight row is read once for all B rows. */
-static void linear(const float *x, int B, int in, const float *W, const float *bias, int out, float *y,
-                   int accumulate) {
+static void linear(const float *x, int B, int in, Matrix W, const float *bias, int out, float *y, int accumulate) {
     #pragma omp for schedule(static)
     for (int o = 0; o < out; o++) {
-        const float *w = W + (size_t)o * in;
         float s[4];
         for (int b = 0; b < B; b += 4) {
             int n = B - b < 4 ? B - b : 4;
-            if (n == 4)
-                dot4(w, x + (size_t)b * in, in, s);
+            if (n == 4 && !W.q)
+                dot4(W.w + (size_t)o * in, x + (size_t)b * in, in, s);
             else
-                for (int k = 0; k < n; k++) s[k] = dot(w, x + (size_t)(b + k) * in, in);
+                for (int k = 0; k < n; k++) s[k] = row_dot(W, o, x + (size_t)(b + k) * in, in);
             for (int k = 0; k < n; k++) {
                 float v = s[k] + (bias ? bias[o] : 0.f);
                 float *dst = y + (size_t)(b + k) * out + o;
@@ -77,16 +98,15 @@ static void linear(const float *x, int B, int in, const float *W, const float *b
 
 /* The MLP's first layer and its activation, y [B, d_ff]: GELU (tanh approximation, as v * sigmoid(2u)) of each
  * output, or SwiGLU, silu(gate) * up, from the pair of rows o (gate) and d_ff + o (up) of the fused weight. */
-static void mlp_in(const Model *m, const float *x, int B, const float *W, const float *bias, float *y) {
+static void mlp_in(const Model *m, const float *x, int B, Matrix W, const float *bias, float *y) {
     const int d = m->d_model, f = m->d_ff;
     #pragma omp for schedule(static)
     for (int o = 0; o < f; o++) {
-        const float *gate = W + (size_t)o * d, *up = W + (size_t)(f + o) * d;
         for (int b = 0; b < B; b++) {
             const float *xb = x + (size_t)b * d;
-            float v = dot(gate, xb, d) + (bias ? bias[o] : 0.f);
+            float v = row_dot(W, o, xb, d) + (bias ? bias[o] : 0.f);
             if (m->swiglu)
-                y[(size_t)b * f + o] = v / (1.f + expf(-v)) * (dot(up, xb, d) + (bias ? bias[f + o] : 0.f));
+                y[(size_t)b * f + o] = v / (1.f + expf(-v)) * (row_dot(W, f + o, xb, d) + (bias ? bias[f + o] : 0.f));
             else
                 y[(size_t)b * f + o] = v / (1.f + expf(-1.5957691216057308f * (v + 0.044715f * v * v * v)));
         }
@@ -156,8 +176,12 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
         }
         for (int l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
+            const Matrix qkv_w = {L->qkv_weight, L->qkv_q, L->qkv_scale};
+            const Matrix attn_proj_w = {L->attn_proj_weight, L->attn_proj_q, L->attn_proj_scale};
+            const Matrix fc_w = {L->fc_weight, L->fc_q, L->fc_scale};
+            const Matrix mlp_proj_w = {L->mlp_proj_weight, L->mlp_proj_q, L->mlp_proj_scale};
             norm(m, x, R, L->norm_1_weight, L->norm_1_bias, h);
-            linear(h, R, d, L->qkv_weight, L->qkv_bias, qkv_out, qkv, 0);
+            linear(h, R, d, qkv_w, L->qkv_bias, qkv_out, qkv, 0);
             /* rotary embeddings on q and k, then k and v into the cache at each token's slot */
             #pragma omp for schedule(static)
             for (int r = 0; r < R; r++) {
@@ -197,10 +221,10 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
                     }
                 }
             }
-            linear(att, R, nh * hd, L->attn_proj_weight, L->attn_proj_bias, d, x, 1);
+            linear(att, R, nh * hd, attn_proj_w, L->attn_proj_bias, d, x, 1);
             norm(m, x, R, L->norm_2_weight, L->norm_2_bias, h);
-            mlp_in(m, h, R, L->fc_weight, L->fc_bias, ff);
-            linear(ff, R, m->d_ff, L->mlp_proj_weight, L->mlp_proj_bias, d, x, 1);
+            mlp_in(m, h, R, fc_w, L->fc_bias, ff);
+            linear(ff, R, m->d_ff, mlp_proj_w, L->mlp_proj_bias, d, x, 1);
         }
         /* the output layer for the last `keep` tokens of each row: gather them, then norm and project */
         #pragma omp for schedule(static)
@@ -209,7 +233,8 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
             for (int i = 0; i < d; i++) qkv[(size_t)k * d + i] = src[i];
         }
         norm(m, qkv, B * keep, m->norm_f_weight, m->norm_f_bias, h);
-        linear(h, B * keep, d, m->lm_head_weight, NULL, m->vocab_size, logits, 0);
+        const Matrix lm_head_w = {m->lm_head_weight, m->lm_head_q, m->lm_head_scale};
+        linear(h, B * keep, d, lm_head_w, NULL, m->vocab_size, logits, 0);
     }
     return 0;
 }
