@@ -99,7 +99,7 @@ def sample(
         guidance_tokens: Guide only the first N tokens of each span.
         decode_weights: How to decode on the CPU: native (armm's C decode step on the float32 weights, fastest
             exact; PyTorch with packed weights where no C compiler is found), packed (PyTorch, float32 weights in
-            oneDNN's layout), int8 (weight-only, approximate) or plain.
+            oneDNN's layout), int8 (weight-only int8 copies, about twice as fast, approximate) or plain.
     """
     model, tok = load_model_with_tokenizer(model_dir)
     if num_samples < 1:

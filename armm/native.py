@@ -248,7 +248,8 @@ class NativeDecoder:
             torch.get_num_threads(),
         )
         if bad == 1:
-            raise IndexError(f"token id outside the vocabulary (0 .. {self.vocab_size - 1}) in {idx.flatten().tolist()}")
+            raise IndexError(f"token id outside the vocabulary (0 .. {self.vocab_size - 1}) in "
+                             f"{idx.flatten().tolist()}")
         if bad == 2:
             raise ValueError(f"sequence of {start + T} tokens is longer than the model's context (max_seq_len="
                              f"{self.max_seq_len}); truncate or split it")

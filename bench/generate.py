@@ -14,9 +14,9 @@ It prints these tables:
 1. Greedy throughput, prompt 16 tokens, 256 new tokens, batch 1 and 8: tokens/s of each, the ratio armm /
    transformers, and whether both produced identical tokens (checked here, not assumed). armm decodes with
    its default path (``native``: the whole float32 decode step in one call of armm's C step, ``armm.native``).
-2. armm's decode paths side by side (``native``; PyTorch with ``plain`` float32 weights as training uses them,
-   with ``packed`` weights in oneDNN's layout, with weight-only ``int8``), whether native and plain drew the same
-   tokens, and how many int8 tokens equal the float32 ones. The models are random, so their next-token
+2. armm's decode paths side by side (``native``; ``int8``, the native step on weight-only int8 copies; PyTorch
+   with ``plain`` float32 weights as training uses them, and with ``packed`` weights in oneDNN's layout), whether
+   native and plain drew the same tokens, and how many int8 tokens equal the float32 ones. The models are random, so their next-token
    distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy int8 tokens
    stay close to float32 (tests/test_linear.py states the tolerance).
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory

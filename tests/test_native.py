@@ -121,9 +121,9 @@ def test_multi_token_native_forwards_equal_pytorch_including_padding_positions(p
 def test_native_int8_steps_equal_a_full_forward_of_the_dequantized_weights(preset):
     torch.manual_seed(0)
     model = tiny_model(preset)
-    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    ids = torch.randint(0, model.config.vocab_size, (5, 12))  # 5 rows: four at a time, then one
     model.decode_weights = "int8"
-    model.setup_cache(2, 12)
+    model.setup_cache(5, 12)
     assert model.native_step is not None
     with torch.inference_mode():  # one token at a time: every forward is a native int8 step
         steps = torch.cat([model(ids[:, t:t + 1], start=t) for t in range(12)], dim=1)
