@@ -1,8 +1,9 @@
 """armm's native CPU decode step: ``csrc/decode_step.c``, built with the system's C compiler on first use.
 
 A batch-1 decode step on the CPU is bound by how fast it reads the weights, and in PyTorch it also pays the
-dispatch of ~150 operator calls. The native step does the whole step (embeddings to logits) in one call inside
-one OpenMP region, reading the model's own float32 weights in place: no copy, no extra memory.
+dispatch of ~150 operator calls. The native step does the whole forward of up to ``MAX_TOKENS`` tokens per row
+(embeddings to logits) in one call inside one OpenMP region, reading the model's own float32 weights in place (no
+copy, no extra memory), or the linear layers' weight-only int8 copies.
 
 The library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
 ``$ARMM_CACHE_DIR`` (default ``~/.cache/armm``) and loaded with ``ctypes``. Where it cannot be built (no C
@@ -29,8 +30,6 @@ from torch import Tensor
 SOURCE = Path(__file__).parent / "csrc" / "decode_step.c"
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _float_p = ctypes.POINTER(ctypes.c_float)
-
-
 _int8_p = ctypes.POINTER(ctypes.c_int8)
 MATRICES = ("qkv", "attn_proj", "fc", "mlp_proj")  # the four weight matrices of a layer, as the C struct names them
 
@@ -153,8 +152,9 @@ def _ptr(tensor: Tensor | None):
 
 def _int8_copy(linear: torch.nn.Module) -> tuple[Tensor, Tensor]:
     """A linear layer's prepared int8 weight ``[out, in]`` and its scales as float32 ``[out]``."""
-    mode, _, (quantized, scales) = linear.prepared
-    assert mode == "int8", "prepare the linear layers for int8 before building an int8 native step"
+    if linear.prepared is None or linear.prepared[0] != "int8":
+        raise RuntimeError("prepare the linear layers for int8 (Linear.prepare) before an int8 native step")
+    quantized, scales = linear.prepared[2]
     return quantized, scales.float().contiguous()
 
 
@@ -205,8 +205,7 @@ class NativeDecoder:
         self.model = _Model(
             n_layer=c.n_layer, d_model=c.d_model, n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
             d_ff=c.d_ff, vocab_size=c.vocab_size, cache_len=cache.max_len, max_seq_len=c.max_seq_len,
-            rmsnorm=c.norm == "rmsnorm",
-            swiglu=c.mlp == "swiglu", norm_eps=c.norm_eps,
+            rmsnorm=c.norm == "rmsnorm", swiglu=c.mlp == "swiglu", norm_eps=c.norm_eps,
             tok_emb=ptr(model.tok_emb.weight), pos_emb=ptr(model.pos_emb.weight if model.pos_emb is not None else None),
             rope_cos=ptr(model.rope_cos if rope else None), rope_sin=ptr(model.rope_sin if rope else None),
             norm_f_weight=ptr(model.norm_f.weight), norm_f_bias=ptr(getattr(model.norm_f, "bias", None)),
