@@ -91,6 +91,11 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    def too_long(self, length: int) -> ValueError:
+        """The error for a sequence of ``length`` tokens that does not fit the context."""
+        return ValueError(f"sequence of {length} tokens is longer than the model's context "
+                          f"(max_seq_len={self.max_seq_len}); truncate or split it")
+
     # --- presets and serialisation -------------------------------------------------------
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:

@@ -29,16 +29,21 @@ class KVCache(nn.Module):
     def max_len(self) -> int:
         return self.k.size(2)
 
+    def check_write(self, batch_size: int, start: int, length: int) -> int:
+        """Check that ``batch_size`` rows of ``length`` tokens fit at slots ``start ..``; returns the end slot."""
+        end = start + length
+        if batch_size != self.batch_size:
+            raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {batch_size}")
+        if end > self.max_len:
+            raise ValueError(f"KV-cache holds {self.max_len} positions; cannot write up to slot {end}")
+        return end
+
     def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write ``k, v`` of shape ``[B, n_kv_head, T, head_dim]`` into slots ``start .. start+T-1``.
 
         Returns views of the filled prefix, ``[B, n_kv_head, start+T, head_dim]``, for attention.
         """
-        end = start + k.size(2)
-        if k.size(0) != self.batch_size:
-            raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {k.size(0)}")
-        if end > self.max_len:
-            raise ValueError(f"KV-cache holds {self.max_len} positions; cannot write up to slot {end}")
+        end = self.check_write(k.size(0), start, k.size(2))
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]

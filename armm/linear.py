@@ -3,9 +3,10 @@
 A decode step multiplies a few rows by every weight matrix, so its speed is set by how fast the weights are
 read. The formats, chosen by ``Transformer.decode_weights`` and prepared when a KV-cache is set up:
 
-- ``"native"`` (the CPU default): one-token steps run armm's native decode step (``armm.native``), which reads
-  the float32 weights in place; the layers themselves run ``"plain"`` (prefill, multi-token checks). Where the
-  native step cannot run (no C compiler, another dtype or device), the layers decode ``"packed"``.
+- ``"native"`` (the CPU default): cached forwards of up to 8 tokens per row run armm's native decode step
+  (``armm.native``), which reads the float32 weights in place; the layers themselves run ``"plain"`` (longer
+  prefills). Where the native step cannot run (no C compiler, another dtype or device), the layers decode
+  ``"packed"``.
 - ``"plain"``: ``F.linear`` on the float weights, as training runs.
 - ``"packed"``: the same float32 weights reordered into oneDNN's blocked layout. MKL's
   small-batch kernels read ``[out, in]`` weights at a third to a half of the memory bandwidth; oneDNN's at

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from armm import native
 from armm.config import ModelConfig
 from armm.kv_cache import KVCache
-from armm import native
 from armm.linear import DecodeWeights, Linear, check_decode_weights
 
 
@@ -191,7 +191,9 @@ class Transformer(nn.Module):
         mode = check_decode_weights(self.decode_weights)
         self.native_step = None
         use_native = mode in ("native", "int8") and native.NativeDecoder.supports(self) and native.available()
-        weights = {"native": "plain" if use_native else "packed"}.get(mode, mode)  # what longer prefills use
+        weights = mode  # what the linear layers run: longer prefills, and every forward without the native step
+        if mode == "native":
+            weights = "plain" if use_native else "packed"
         for module in self.modules():
             if isinstance(module, Linear):
                 module.prepare(weights)
@@ -224,10 +226,7 @@ class Transformer(nn.Module):
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
         if pad is None and start + T > self.config.max_seq_len:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the model's context (max_seq_len="
-                f"{self.config.max_seq_len}); truncate or split it"
-            )
+            raise self.config.too_long(start + T)
         mask, is_causal = attention_mask(start, T, pad, idx.device)
         x = self.tok_emb(idx)  # (B, T, d)
         if self.pos_emb is not None:

@@ -214,9 +214,8 @@ class NativeDecoder:
         if int8:
             quantized, scale = _int8_copy(model.lm_head)
             self.model.lm_head_q, self.model.lm_head_scale = ptr(quantized), ptr(scale)
-        self.layers = layers
-        self.batch_size, self.cache_len, self.vocab_size, self.max_seq_len = (
-            cache.batch_size, cache.max_len, c.vocab_size, c.max_seq_len)
+        self.layers, self.cache, self.config = layers, cache, c
+        self.work_per_token = lib.armm_work_size(ctypes.byref(self.model), 1)  # scratch floats; it is linear in tokens
         self.work = torch.empty(0)
 
     @staticmethod
@@ -229,27 +228,22 @@ class NativeDecoder:
         """Logits ``[B, T, V]`` (the last ``logits_to_keep`` of them, if not 0) for ``idx [B, T]`` at cache slots
         ``start .. start+T-1``; ``T`` is at most ``MAX_TOKENS``."""
         B, T = idx.shape
-        if B != self.batch_size:
-            raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {B}")
-        if start + T > self.cache_len:
-            raise ValueError(f"KV-cache holds {self.cache_len} positions; cannot write up to slot {start + T}")
+        self.cache.check_write(B, start, T)
         idx = idx if idx.dtype == torch.int64 and idx.stride(-1) == 1 else idx.long().contiguous()
         if pad is not None and (pad.dtype != torch.int64 or not pad.is_contiguous()):
             pad = pad.long().contiguous()
         keep = min(logits_to_keep, T) or T
-        size = self.lib.armm_work_size(ctypes.byref(self.model), B * T)
-        if self.work.numel() < size:
-            self.work = torch.empty(size)
-        logits = torch.empty(B, keep, self.vocab_size)
+        if self.work.numel() < B * T * self.work_per_token:
+            self.work = torch.empty(B * T * self.work_per_token)
+        logits = torch.empty(B, keep, self.config.vocab_size)
         bad = self.lib.armm_forward(
             ctypes.byref(self.model), idx.data_ptr(), idx.stride(0), B, T, start,
             None if pad is None else pad.data_ptr(), keep, self.work.data_ptr(), logits.data_ptr(),
             torch.get_num_threads(),
         )
         if bad == 1:
-            raise IndexError(f"token id outside the vocabulary (0 .. {self.vocab_size - 1}) in "
+            raise IndexError(f"token id outside the vocabulary (0 .. {self.config.vocab_size - 1}) in "
                              f"{idx.flatten().tolist()}")
         if bad == 2:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the model's context (max_seq_len="
-                             f"{self.max_seq_len}); truncate or split it")
+            raise self.config.too_long(start + T)
         return logits

@@ -51,6 +51,18 @@ static inline float dot(const float *w, const float *x, int n) {
     return s;
 }
 
+/* x[b] . w for four rows b at once: four independent sums, so several tokens per row (a speculative check, a
+ * short prefill) are not bound by the latency of one chain of additions. */
+static inline void dot4(const float *w, const float *x, int n, float *out) {
+    const float *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
+    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+    #pragma omp simd reduction(+:s0, s1, s2, s3)
+    for (int i = 0; i < n; i++) {
+        s0 += w[i] * x0[i]; s1 += w[i] * x1[i]; s2 += w[i] * x2[i]; s3 += w[i] * x3[i];
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
 /* (q . x) for an int8 weight row q; the caller multiplies by the row's scale */
 static inline float dot_q(const int8_t *q, const float *x, int n) {
     float s = 0.f;
@@ -76,16 +88,14 @@ static inline float row_dot(Matrix W, int o, const float *x, int n) {
     return W.q ? dot_q(W.q + (size_t)o * n, x, n) * W.scale[o] : dot(W.w + (size_t)o * n, x, n);
 }
 
-/* x[b] . w for four rows b at once: four independent sums, so several tokens per row (a speculative check, a
- * short prefill) are not bound by the latency of one chain of additions. */
-static inline void dot4(const float *w, const float *x, int n, float *out) {
-    const float *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
-    float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-    #pragma omp simd reduction(+:s0, s1, s2, s3)
-    for (int i = 0; i < n; i++) {
-        s0 += w[i] * x0[i]; s1 += w[i] * x1[i]; s2 += w[i] * x2[i]; s3 += w[i] * x3[i];
+/* Row o of a matrix against four consecutive rows of x. */
+static inline void row_dot4(Matrix W, int o, const float *x, int n, float *out) {
+    if (!W.q) {
+        dot4(W.w + (size_t)o * n, x, n, out);
+        return;
     }
-    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+    dot_q4(W.q + (size_t)o * n, x, n, out);
+    for (int k = 0; k < 4; k++) out[k] *= W.scale[o];
 }
 
 /* y[b, o] (+)= x[b, :] . W[o, :] + bias[o] for b < B; each weight row is read once for all B rows. */
@@ -95,11 +105,8 @@ static void linear(const float *x, int B, int in, Matrix W, const float *bias, i
         float s[4];
         for (int b = 0; b < B; b += 4) {
             int n = B - b < 4 ? B - b : 4;
-            if (n == 4 && W.q) {
-                dot_q4(W.q + (size_t)o * in, x + (size_t)b * in, in, s);
-                for (int k = 0; k < 4; k++) s[k] *= W.scale[o];
-            } else if (n == 4)
-                dot4(W.w + (size_t)o * in, x + (size_t)b * in, in, s);
+            if (n == 4)
+                row_dot4(W, o, x + (size_t)b * in, in, s);
             else
                 for (int k = 0; k < n; k++) s[k] = row_dot(W, o, x + (size_t)(b + k) * in, in);
             for (int k = 0; k < n; k++) {
