@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from armm.compiled_decode import compiled_decoder
 from armm.model import Transformer
 from armm.sampling import Sampler, build_sampler
 
@@ -72,6 +73,7 @@ def generate(
     seed: Seed = None,
     stream: bool = False,
     guidance: Guidance | None = None,
+    compile: bool = False,
 ) -> list[list[int]] | Iterator[list[int | None]]:
     """Continue each prompt (a list of token ids; lengths may differ) by up to ``max_new_tokens`` tokens.
 
@@ -81,6 +83,11 @@ def generate(
     prompt's sampled continuation is the same alone or inside a batch. With ``stream=True`` this
     returns an iterator that yields, per step, each row's new token (``None`` once a row has stopped).
     ``guidance`` applies classifier-free guidance (see ``Guidance``).
+
+    ``compile=True`` decodes through ``torch.compile`` of a static-shape step, replayed as a CUDA graph on a GPU
+    (``armm.compiled_decode``): the first call per model and batch size compiles it (seconds to a minute), later
+    ones reuse it. It pays on a GPU, where a step is otherwise bound by launching its kernels; on the CPU armm's
+    native step is faster (figures in docs/performance.md).
     """
     config = model.config
     device = model.tok_emb.weight.device
@@ -94,7 +101,7 @@ def generate(
     batch_size = len(prompts)
     stops = stop_table(stop_tokens, batch_size, config.vocab_size, device)
     generators = None if sampler.is_greedy else row_generators(seed, batch_size, device)
-    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance)
+    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance, compile)
     if stream:
         return ([None if done else t for t, done in zip(token.tolist(), done_before.tolist())]
                 for token, done_before in steps)
@@ -176,6 +183,7 @@ def _decode(
     stops: Tensor | None,
     generators: list[torch.Generator] | None,
     guidance: Guidance | None = None,
+    compile: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(token [B], finished_before [B])`` per step; stop once every row has drawn a stop token.
 
@@ -193,7 +201,11 @@ def _decode(
 
     was_training = model.training
     model.eval()
-    model.setup_cache(R, P + max_new_tokens)
+    decoder = compiled_decoder(model, R) if compile else None
+    if decoder is not None:
+        decoder.lend_cache(model)
+    else:
+        model.setup_cache(R, P + max_new_tokens)
     try:
         logits = model(context[:, :P].clamp(min=0), start=0, pad=pad, logits_to_keep=1)[:, -1]  # prefill: (R, V)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -209,7 +221,8 @@ def _decode(
                 if bool(finished.all()):  # the only host sync, and only when there are stop tokens
                     return
             if step + 1 < max_new_tokens:
-                logits = model(context[:, slot:slot + 1], start=slot, pad=pad)[:, -1]  # decode one token: (R, V)
+                tokens = context[:, slot:slot + 1]  # decode one token: (R, 1) → logits (R, V)
+                logits = decoder(tokens, slot, pad) if decoder is not None else model(tokens, start=slot, pad=pad)[:, -1]
     finally:
         model.clear_cache()
         model.train(was_training)

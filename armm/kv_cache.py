@@ -38,11 +38,19 @@ class KVCache(nn.Module):
             raise ValueError(f"KV-cache holds {self.max_len} positions; cannot write up to slot {end}")
         return end
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write ``k, v`` of shape ``[B, n_kv_head, T, head_dim]`` into slots ``start .. start+T-1``.
 
-        Returns views of the filled prefix, ``[B, n_kv_head, start+T, head_dim]``, for attention.
+        With an int ``start``, returns views of the filled prefix, ``[B, n_kv_head, start+T, head_dim]``, for
+        attention. With a 0-dim tensor ``start`` (a static-shape step, ``Transformer.decode_step``), returns the
+        whole buffers ``[B, n_kv_head, max_len, head_dim]``: shapes and addresses stay the same from step to step,
+        as CUDA graphs need, and the attention mask hides the slots not yet written.
         """
+        if isinstance(start, Tensor):
+            slots = start + torch.arange(k.size(2), device=start.device)  # (T,)
+            self.k.index_copy_(2, slots, k)
+            self.v.index_copy_(2, slots, v)
+            return self.k, self.v
         end = self.check_write(k.size(0), start, k.size(2))
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v

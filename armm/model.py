@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from armm import native
+from armm.compiled_decode import CompiledDecoder
 from armm.config import ModelConfig
 from armm.kv_cache import KVCache
 from armm.linear import DecodeWeights, Linear, check_decode_weights
@@ -62,6 +63,16 @@ def attention_mask(start: int, length: int, pad: Tensor | None, device: torch.de
     return visible[:, None], False  # (B or 1, 1, T, L)
 
 
+def static_attention_mask(slot: Tensor, max_len: int, pad: Tensor | None) -> Tensor:
+    """The mask for one query per row at slot ``slot`` (0-dim) over all ``max_len`` slots of the cache: keys at
+    ``pad[b] .. slot`` → boolean ``[B or 1, 1, 1, max_len]`` (True = may attend), the same shape at every step."""
+    key = torch.arange(max_len, device=slot.device)  # (L,)
+    visible = (key <= slot)[None]  # (1, L)
+    if pad is not None:
+        visible = visible & (key[None] >= pad[:, None])  # (B, L)
+    return visible[:, None, None]  # (B or 1, 1, 1, L)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -72,7 +83,7 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int | Tensor
     ) -> Tensor:
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -83,7 +94,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start, k, v)  # (B, nkv, start+T, hd)
+            k, v = self.kv_cache.update(start, k, v)  # (B, nkv, start+T or max_len, hd)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head,
@@ -122,7 +133,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int | Tensor
     ) -> Tensor:
         x = x + self.attn(self.norm_1(x), rope, mask, is_causal, start)
         return x + self.mlp(self.norm_2(x))
@@ -143,6 +154,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.native_step: native.NativeDecoder | None = None
+        self.compiled_decoders: dict[int, CompiledDecoder] = {}  # by batch size; see armm.compiled_decode
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -160,9 +172,9 @@ class Transformer(nn.Module):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def __getstate__(self) -> dict:
-        """Copies and pickles leave the native step's C pointers behind; they decode in PyTorch until the next
-        ``setup_cache``."""
-        return {**super().__getstate__(), "native_step": None}
+        """Copies and pickles leave the native step's C pointers and the compiled decoders behind; they decode in
+        PyTorch until the next ``setup_cache`` and compile again when asked to."""
+        return {**super().__getstate__(), "native_step": None, "compiled_decoders": {}}
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -228,6 +240,25 @@ class Transformer(nn.Module):
         if pad is None and start + T > self.config.max_seq_len:
             raise self.config.too_long(start + T)
         mask, is_causal = attention_mask(start, T, pad, idx.device)
+        return self._layers(idx, positions, mask, is_causal, start, logits_to_keep)
+
+    def decode_step(self, idx: Tensor, slot: Tensor, pad: Tensor | None = None) -> Tensor:
+        """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot`` (a 0-dim long tensor).
+
+        The static-shape twin of ``forward(idx, start=slot, pad=pad)`` for ``torch.compile`` and CUDA graphs
+        (``armm.generate(..., compile=True)``): no Python number changes from step to step, the cache is written
+        with ``index_copy_`` and attention covers all its slots under a mask. The caller keeps ``slot`` below the
+        cache's length."""
+        if not self.has_cache:
+            raise ValueError("decode_step needs a KV-cache holding the earlier slots; call setup_cache first")
+        positions = (slot - pad).clamp(min=0)[:, None] if pad is not None else slot.view(1, 1)  # (B or 1, 1)
+        mask = static_attention_mask(slot, self.blocks[0].attn.kv_cache.max_len, pad)
+        return self._layers(idx, positions, mask, False, slot, 1)[:, -1]
+
+    def _layers(self, idx: Tensor, positions: Tensor, mask: Tensor | None, is_causal: bool, start: int | Tensor,
+                logits_to_keep: int) -> Tensor:
+        """Embeddings, the blocks, the final norm and the output layer (for the last ``logits_to_keep`` positions,
+        0 = all)."""
         x = self.tok_emb(idx)  # (B, T, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
