@@ -24,12 +24,16 @@ It prints these tables:
    twice per round: the peak (best of five 1 GiB passes right before the generation) and the mean during the
    generation (a 256 MB pass after every 16 tokens, timed apart from them), because a shared machine's
    bandwidth changes within seconds.
-4. With ``--compile``: the cost of ``torch.compile`` of the PyTorch decode path and its steady-state speed,
-   against armm's eager default (the native step).
+4. With ``--compile``: ``armm.generate(..., compile=True)`` (the static-shape decode step under ``torch.compile``;
+   CUDA graphs on a GPU): the cost of its first call and its steady-state speed, against armm's eager decoding
+   (on the CPU, the native step).
 5. ms/token at early (~50) and late (~1000) positions of long generations (gpt2 model, batch 1, ``--repeats``
    of them, alternating), for both: the late/early ratio shows whether anything recomputes the prefix.
 
-Both sides run in float32 under ``torch.inference_mode`` with the same number of threads; timings alternate
+On a GPU (``--device cuda``, as ``bench/gpu.sh`` runs it) armm decodes with ``compile=True`` in every table, the
+path its docs recommend there; on the CPU with its eager default, the native step.
+
+Both sides run under ``torch.inference_mode`` with the same number of threads; timings alternate
 between the two (A, B, A, B, …) so a noisy machine slows both alike, and each figure is the median of
 ``--repeats`` runs after a warm-up run. A benchmark, not a test: it asserts nothing.
 """
@@ -111,10 +115,16 @@ def build_pairs(names: list[str], max_len: int, folder: Path) -> list[Pair]:
 
 
 # --- the two generation paths ------------------------------------------------------------------------------------
-def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str = "native") -> torch.Tensor:
+COMPILE = False  # armm.generate(compile=...) for the tables; main() sets it True on a GPU
+
+
+def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str = "native",
+                  compile: bool | None = None) -> torch.Tensor:
     """``armm.generate``, greedy, decoding with the weight format ``weights`` (see ``armm.linear``)."""
     model.decode_weights = weights
-    return torch.tensor(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, sampler="greedy"))
+    compile = COMPILE if compile is None else compile
+    return torch.tensor(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, sampler="greedy",
+                                      compile=compile))
 
 
 @torch.inference_mode()
@@ -153,7 +163,8 @@ def armm_step_times(model: Transformer, prompt: torch.Tensor, new_tokens: int) -
     """Seconds between consecutive tokens of one streamed greedy generation (armm's default decode path)."""
     model.decode_weights = "native"
     stamps = [time.perf_counter()]
-    for _ in armm.generate(model, prompt.tolist(), max_new_tokens=new_tokens, sampler="greedy", stream=True):
+    for _ in armm.generate(model, prompt.tolist(), max_new_tokens=new_tokens, sampler="greedy", stream=True,
+                           compile=COMPILE):
         stamps.append(time.perf_counter())
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
@@ -181,7 +192,8 @@ def decode_between_probes(model: Transformer, prompts: torch.Tensor, new_tokens:
     decoding = probing = 0.0
     passes = 0
     start = time.perf_counter()
-    for i, _ in enumerate(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, stream=True)):
+    for i, _ in enumerate(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, stream=True,
+                                        compile=COMPILE)):
         if (i + 1) % every == 0:
             now = time.perf_counter()
             decoding += now - start
@@ -231,11 +243,13 @@ def main() -> None:
     parser.add_argument("--late", type=int, default=1000, help="late position of the position table (0 skips it)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time armm.generate on torch.compile(model, dynamic=True): compile cost, steady state")
+                        help="also time armm.generate(compile=True) against eager: compile cost, steady state")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    global COMPILE
+    COMPILE = device.type == "cuda"  # on a GPU: the static-shape step as CUDA graphs
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -247,7 +261,8 @@ def main() -> None:
           f"python {platform.python_version()}, {platform.machine()}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
           f"1-min load average {load:.2f} on {os.cpu_count()} CPUs; native decode step: "
-          f"{'built' if armm.native.available() else 'NOT available (armm decodes in PyTorch)'}")
+          f"{'built' if armm.native.available() else 'NOT available (armm decodes in PyTorch)'}; armm decodes with "
+          f"{'generate(compile=True): CUDA graphs' if COMPILE else 'its eager default'}")
 
     with tempfile.TemporaryDirectory() as folder:
         pairs = build_pairs(args.models, args.max_seq_len, Path(folder))
@@ -324,24 +339,25 @@ def main() -> None:
     print_table(["model", "weights", "weights read / token (MB)", "armm ms/token", "peak GB/s", "floor ms",
                  "armm / floor (peak)", "GB/s during", "floor ms (during)", "armm / floor (during)"], rows)
 
-    # 4. torch.compile of the model, opt-in: does it pay?
+    # 4. generate(compile=True), opt-in: does it pay?
     if args.compile:
         rows = []
         for pair in pairs:
-            compiled = torch.compile(pair.armm, dynamic=True)
             prompts = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
-            start = time.perf_counter()
-            # the compiled model decodes in PyTorch ("plain": inductor lays out weights itself), not the native step
-            armm_generate(compiled, prompts, args.new_tokens, "plain")  # compiles the prefill and the decode step
-            first = time.perf_counter() - start
-            (eager, steady), (a, b) = alternate([lambda: armm_generate(pair.armm, prompts, args.new_tokens),
-                                                 lambda: armm_generate(compiled, prompts, args.new_tokens, "plain")],
-                                                args.repeats)
             n = args.new_tokens
+            pair.armm.compiled_decoders.clear()
+            start = time.perf_counter()
+            armm_generate(pair.armm, prompts, n, compile=True)  # compiles the decode step (and records CUDA graphs)
+            sync(device)
+            first = time.perf_counter() - start
+            (eager, steady), (a, b) = alternate([lambda: armm_generate(pair.armm, prompts, n, compile=False),
+                                                 lambda: armm_generate(pair.armm, prompts, n, compile=True)],
+                                                args.repeats)
             rows.append([pair.name, f"{first:.1f}", f"{eager / n * 1e3:.2f}", f"{steady / n * 1e3:.2f}",
                          f"{eager / steady:.2f}x", f"{first / max(eager - steady, 1e-9) * n:,.0f}" if eager > steady
                          else "never", same_tokens(a, b)])
-        print("torch.compile(model, dynamic=True), batch 1 (armm eager decodes with its native step):")
+        eager_path = "its native step" if device.type == "cpu" and armm.native.available() else "PyTorch"
+        print(f"armm.generate(compile=True), batch 1 (eager, armm decodes with {eager_path}):")
         print_table(["model", "first call s (compile)", "eager ms/token", "compiled ms/token", "speed-up",
                      "tokens to repay the compile", "identical tokens"], rows)
 

@@ -12,6 +12,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 echo "== decode: armm vs transformers, bfloat16 =="
 "$PYTHON" bench/generate.py --device cuda --dtype bfloat16 --models gpt2 llama llama-1b --batch-sizes 1 8 \
-    --repeats 3 --late 1000
+    --repeats 3 --late 1000 --compile
 echo "== training: armm Lightning loop vs plain PyTorch, 124M GPT-2, bf16 autocast =="
 "$PYTHON" bench/train.py --device cuda --preset gpt2-124m --precisions bf16

@@ -47,6 +47,14 @@ def test_streamed_and_seeded_samples_are_reproducible(model_dir, capsys):
     assert plain.strip() in out and "sample 1" in out
 
 
+def test_sample_with_compile_prints_what_eager_decoding_does(model_dir, capsys):
+    args = ["sample", str(model_dir), "--prompt", "Hi", "--max-new-tokens", "8"]
+    main(args)
+    eager = capsys.readouterr().out
+    main(args + ["--compile"])
+    assert capsys.readouterr().out == eager
+
+
 def test_score_reports_the_chain_rule_metrics(model_dir, capsys, tmp_path):
     (tmp_path / "t.txt").write_text("hello world")
     main(["score", str(model_dir), "--file", str(tmp_path / "t.txt")])
