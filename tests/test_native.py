@@ -46,6 +46,7 @@ def _step_logits(model: armm.Transformer, prompts: list[list[int]], steps: int, 
 @settings(max_examples=30, deadline=None)
 @given(
     n_head=st.sampled_from([1, 2, 4]),
+    head_dim=st.sampled_from([16, 24, 64]),  # the step's unrolled attention for 16/32/64/128, its loop for others
     kv_divisor=st.sampled_from([1, 2, 4]),
     position=st.sampled_from(["learned", "rope"]),
     norm=st.sampled_from(["layernorm", "rmsnorm"]),
@@ -54,11 +55,11 @@ def _step_logits(model: armm.Transformer, prompts: list[list[int]], steps: int, 
     tie=st.booleans(),
     lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3),
 )
-def test_native_steps_equal_pytorch_steps_and_a_full_forward(n_head, kv_divisor, position, norm, mlp, bias, tie,
-                                                           lengths):
+def test_native_steps_equal_pytorch_steps_and_a_full_forward(n_head, head_dim, kv_divisor, position, norm, mlp, bias,
+                                                           tie, lengths):
     torch.manual_seed(0)
     config = armm.ModelConfig(vocab_size=97, n_layer=2, n_head=n_head, n_kv_head=max(1, n_head // kv_divisor),
-                              d_model=16 * n_head, d_ff=40, max_seq_len=32, position=position, norm=norm, mlp=mlp,
+                              d_model=head_dim * n_head, d_ff=40, max_seq_len=32, position=position, norm=norm, mlp=mlp,
                               bias=bias, tie_embeddings=tie)
     model = armm.Transformer(config).eval()
     with torch.no_grad():  # non-zero biases and norm weights, so that a missed one shows

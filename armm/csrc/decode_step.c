@@ -164,6 +164,102 @@ static void rope(const Model *m, float *v, int pos) {
     }
 }
 
+/* exp(x) for x <= 0 in a form the compiler vectorises: 2^(x log2 e) = 2^n 2^f with n = round, |f| <= 1/2, 2^f by
+ * a degree-6 polynomial (relative error about 2e-7); inputs below -87 give about 1e-38, not 0. */
+static inline float exp_nonpositive(float x) {
+    float t = (x < -87.f ? -87.f : x) * 1.4426950408889634f;
+    float n = (t + 12582912.f) - 12582912.f, f = t - n;  /* round to nearest (1.5 * 2^23 shifts the fraction out) */
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.f;
+    union { float f; int32_t i; } u = {.f = p};
+    u.i += (int32_t)n << 23;
+    return u.f;
+}
+
+/* 16 floats, loaded from and stored to any float address (GCC/Clang vector extensions; without AVX-512 the
+ * compiler splits them into narrower registers). */
+typedef float f32x16 __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+
+/* The sum of the 16 lanes, as a tree: halves added to halves. */
+static inline float sum16(f32x16 v) {
+    union { f32x16 whole; f32x8 half[2]; } a = {v};
+    union { f32x8 whole; f32x4 half[2]; } b = {a.half[0] + a.half[1]};
+    f32x4 g = b.half[0] + b.half[1];
+    return (g[0] + g[2]) + (g[1] + g[3]);
+}
+
+/* softmax over the scores s[first .. last] (made exp(s - max) in place); returns their sum */
+static inline float softmax_numerators(float *restrict s, int first, int last) {
+    float top = -INFINITY, total = 0.f;
+    #pragma omp simd reduction(max:top)
+    for (int u = first; u <= last; u++) top = s[u] > top ? s[u] : top;
+    #pragma omp simd reduction(+:total)
+    for (int u = first; u <= last; u++) total += (s[u] = exp_nonpositive(s[u] - top));
+    return total;
+}
+
+/* attend() for a head size HD that is a multiple of 16 (at most 128), known at compile time: q (pre-scaled) and
+ * the accumulators stay in registers, each score takes two independent chains of multiply-adds, and the values
+ * are summed two keys at a time into two sets of accumulators. With the keys in L2, head size 64: about 3 ns a key
+ * on one core of this project's EPYC, against 8 ns for a plain loop with a scalar expf. */
+static inline __attribute__((always_inline)) void attend_fixed(const int HD, const float *restrict q,
+        const float *restrict K, const float *restrict V, int first, int last, float scale, float *restrict s,
+        float *restrict y) {
+    const int n = HD / 16;
+    f32x16 qs[8], acc[8], acc2[8];
+    for (int k = 0; k < n; k++) qs[k] = *(const f32x16 *)(q + 16 * k) * scale;
+    for (int t = first; t <= last; t++) {
+        const float *key = K + (size_t)t * HD;
+        f32x16 a = qs[0] * *(const f32x16 *)key, b = {0};
+        for (int k = 1; k < n; k++) {
+            if (k % 2) b += qs[k] * *(const f32x16 *)(key + 16 * k);
+            else a += qs[k] * *(const f32x16 *)(key + 16 * k);
+        }
+        s[t] = sum16(a + b);
+    }
+    const float total = softmax_numerators(s, first, last);
+    for (int k = 0; k < n; k++) acc[k] = acc2[k] = (f32x16){0};
+    int t = first;
+    for (; t < last; t += 2) {
+        const float w = s[t], w2 = s[t + 1], *v = V + (size_t)t * HD;
+        for (int k = 0; k < n; k++) {
+            acc[k] += w * *(const f32x16 *)(v + 16 * k);
+            acc2[k] += w2 * *(const f32x16 *)(v + HD + 16 * k);
+        }
+    }
+    if (t == last)
+        for (int k = 0; k < n; k++) acc[k] += s[t] * *(const f32x16 *)(V + (size_t)t * HD + 16 * k);
+    const float inv = 1.f / total;
+    for (int k = 0; k < n; k++) *(f32x16 *)(y + 16 * k) = (acc[k] + acc2[k]) * inv;
+}
+
+/* One query q [hd] over cached keys and values K, V [C, hd] at slots first .. last: softmax(q.K * scale) V into
+ * y [hd]. s: scratch of C floats. */
+static void attend(const float *restrict q, const float *restrict K, const float *restrict V, int first, int last,
+                   int hd, float scale, float *restrict s, float *restrict y) {
+    switch (hd) {
+        case 16: attend_fixed(16, q, K, V, first, last, scale, s, y); return;
+        case 32: attend_fixed(32, q, K, V, first, last, scale, s, y); return;
+        case 64: attend_fixed(64, q, K, V, first, last, scale, s, y); return;
+        case 128: attend_fixed(128, q, K, V, first, last, scale, s, y); return;
+    }
+    for (int t = first; t <= last; t++) s[t] = dot(q, K + (size_t)t * hd, hd) * scale;
+    const float total = softmax_numerators(s, first, last);
+    for (int i = 0; i < hd; i++) y[i] = 0.f;
+    for (int t = first; t <= last; t++) {
+        const float w = s[t] / total, *v = V + (size_t)t * hd;
+        #pragma omp simd
+        for (int i = 0; i < hd; i++) y[i] += w * v[i];
+    }
+}
+
 /* Position of row r (batch row r / T, its token r % T) and its cache slot; a padding slot has position 0. */
 static inline int slot_of(int r, int T, int start) { return start + r % T; }
 static inline int position_of(int r, int T, int start, const int64_t *pad) {
@@ -223,24 +319,12 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
             #pragma omp for collapse(2) schedule(static)
             for (int r = 0; r < R; r++) {
                 for (int j = 0; j < nh; j++) {
-                    const float *q = qkv + (size_t)r * qkv_out + (size_t)j * hd;
                     int b = r / T, kv = j / (nh / nkv), last = slot_of(r, T, start), first = pad ? (int)pad[b] : 0;
                     if (first > last) first = last;
-                    const float *K = L->k_cache + ((size_t)b * nkv + kv) * C * hd;
-                    const float *V = L->v_cache + ((size_t)b * nkv + kv) * C * hd;
-                    float *s = scores + ((size_t)r * nh + j) * C, top = -INFINITY, total = 0.f;
-                    for (int t = first; t <= last; t++) {
-                        s[t] = dot(q, K + (size_t)t * hd, hd) * scale;
-                        if (s[t] > top) top = s[t];
-                    }
-                    for (int t = first; t <= last; t++) total += (s[t] = expf(s[t] - top));
-                    float *y = att + (size_t)r * nh * hd + (size_t)j * hd;
-                    for (int i = 0; i < hd; i++) y[i] = 0.f;
-                    for (int t = first; t <= last; t++) {
-                        float w = s[t] / total;
-                        #pragma omp simd
-                        for (int i = 0; i < hd; i++) y[i] += w * V[(size_t)t * hd + i];
-                    }
+                    attend(qkv + (size_t)r * qkv_out + (size_t)j * hd,
+                           L->k_cache + ((size_t)b * nkv + kv) * C * hd, L->v_cache + ((size_t)b * nkv + kv) * C * hd,
+                           first, last, hd, scale, scores + ((size_t)r * nh + j) * C,
+                           att + (size_t)r * nh * hd + (size_t)j * hd);
                 }
             }
             linear(att, R, nh * hd, attn_proj_w, L->attn_proj_bias, d, x, 1);
