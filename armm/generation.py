@@ -214,7 +214,7 @@ def _decode(
             if guidance is not None:
                 logits = guidance(logits, context[:B, :slot], step)  # (B, V)
             token = sampler(logits, context[:B, :slot], generators)  # (B,)
-            context[:, slot] = token.repeat(R // B)  # an unconditional row takes its prompt's token
+            context[:, slot].view(R // B, B).copy_(token)  # an unconditional row takes its prompt's token too
             yield token, finished.clone()
             if stops is not None:
                 finished |= (token[:, None] == stops).any(-1)

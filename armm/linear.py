@@ -3,9 +3,9 @@
 A decode step multiplies a few rows by every weight matrix, so its speed is set by how fast the weights are
 read. The formats, chosen by ``Transformer.decode_weights`` and prepared when a KV-cache is set up:
 
-- ``"native"`` (the CPU default): cached forwards of up to 8 tokens per row run armm's native decode step
-  (``armm.native``), which reads the float32 weights in place; the layers themselves run ``"plain"`` (longer
-  prefills). Where the native step cannot run (no C compiler, another dtype or device), the layers decode
+- ``"native"`` (the CPU default): short cached forwards (up to 8 tokens per row, or 32 tokens in all) run armm's
+  native decode step (``armm.native``), which reads the float32 weights in place; the layers themselves run
+  ``"plain"`` (longer prefills). Where the native step cannot run (no C compiler, another dtype or device), the layers decode
   ``"packed"``.
 - ``"plain"``: ``F.linear`` on the float weights, as training runs.
 - ``"packed"``: the same float32 weights reordered into oneDNN's blocked layout. MKL's
@@ -56,8 +56,11 @@ def supported(mode: DecodeWeights, weight: Tensor) -> bool:
 
 
 def version_of(weight: Tensor) -> tuple:
-    """Changes whenever the weight does: in place (an optimizer step, ``load_state_dict``) or replaced (``.to()``)."""
-    return weight.data_ptr(), weight._version, weight.dtype
+    """Changes whenever the weight does: in place (an optimizer step, ``load_state_dict``) or replaced (``.to()``).
+
+    A weight made under ``torch.inference_mode`` counts no versions, so its version never equals an earlier one:
+    such a layer always multiplies its own weight, never a copy that might be stale."""
+    return weight.data_ptr(), object() if weight.is_inference() else weight._version, weight.dtype
 
 
 class Linear(nn.Linear):

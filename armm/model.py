@@ -232,7 +232,7 @@ class Transformer(nn.Module):
             raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         if start and not self.has_cache:
             raise ValueError("start > 0 needs a KV-cache holding the earlier slots; call setup_cache first")
-        if T <= native.MAX_TOKENS and self.native_step is not None and not torch.is_grad_enabled() and not (
+        if self.native_step is not None and native.takes(B, T) and not torch.is_grad_enabled() and not (
                 self.training and self.config.dropout) and not torch.compiler.is_compiling():
             return self.native_step(idx, start, pad, logits_to_keep)  # a decode step in one native call
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)

@@ -1,8 +1,8 @@
 """armm's native CPU decode step: ``csrc/decode_step.c``, built with the system's C compiler on first use.
 
 A batch-1 decode step on the CPU is bound by how fast it reads the weights, and in PyTorch it also pays the
-dispatch of ~150 operator calls. The native step does the whole forward of up to ``MAX_TOKENS`` tokens per row
-(embeddings to logits) in one call inside one OpenMP region, reading the model's own float32 weights in place (no
+dispatch of ~150 operator calls. The native step does the whole of a short forward (``takes``: decode steps,
+speculative checks, short prefills; embeddings to logits) in one call inside one OpenMP region, reading the model's own float32 weights in place (no
 copy, no extra memory), or the linear layers' weight-only int8 copies.
 
 The library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
@@ -158,12 +158,20 @@ def _int8_copy(linear: torch.nn.Module) -> tuple[Tensor, Tensor]:
     return quantized, scales.float().contiguous()
 
 
-MAX_TOKENS = 8  # tokens per row the native forward takes in one call; longer inputs (prefills) run in PyTorch
+MAX_TOKENS = 8  # tokens per row the native forward always takes (decode steps, speculative checks)
+MAX_ROWS = 32  # and longer forwards of at most this many tokens in all (short prefills); larger ones run in PyTorch
+
+
+def takes(batch_size: int, tokens: int) -> bool:
+    """Whether a forward of ``tokens`` per row goes native. The step streams each weight once against every row,
+    which beats PyTorch's matrix products up to about 32-64 rows (gpt2 config: a 16-token prefill takes 5.9 ms
+    native, 9.9 ms in PyTorch; 64 rows take about the same in both; docs/performance.md)."""
+    return tokens <= MAX_TOKENS or batch_size * tokens <= MAX_ROWS
 
 
 class NativeDecoder:
     """The native forward bound to one model's weights and KV-cache (built by ``Transformer.setup_cache``): decode
-    steps, and short multi-token forwards (speculative checks, short prefills) of up to ``MAX_TOKENS`` per row.
+    steps, and short multi-token forwards (speculative checks, short prefills; see ``takes``).
 
     It keeps references to every tensor it points at, so none is freed under it; a weight replaced by another
     tensor after ``setup_cache`` is not seen until the next one (changes in place, e.g. an optimizer step, are).
@@ -226,7 +234,7 @@ class NativeDecoder:
 
     def __call__(self, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int = 0) -> Tensor:
         """Logits ``[B, T, V]`` (the last ``logits_to_keep`` of them, if not 0) for ``idx [B, T]`` at cache slots
-        ``start .. start+T-1``; ``T`` is at most ``MAX_TOKENS``."""
+        ``start .. start+T-1``, any ``T``; ``Transformer.forward`` sends what ``takes(B, T)`` allows."""
         B, T = idx.shape
         self.cache.check_write(B, start, T)
         idx = idx if idx.dtype == torch.int64 and idx.stride(-1) == 1 else idx.long().contiguous()

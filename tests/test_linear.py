@@ -64,6 +64,23 @@ def test_a_changed_weight_is_never_multiplied_through_a_stale_copy(mode):
     assert layer.prepared[1] == version_of(layer.weight)
 
 
+@pytest.mark.parametrize("mode", ["native", "packed", "int8"])
+def test_a_model_made_under_inference_mode_decodes_and_never_trusts_a_copy(mode):
+    torch.manual_seed(0)
+    reference = tiny_model()
+    reference.decode_weights = mode
+    with torch.inference_mode():  # inference tensors count no versions
+        model = tiny_model()
+        model.load_state_dict(reference.state_dict())
+        model.decode_weights = mode
+        assert armm.generate(model, [[1, 2, 3]], max_new_tokens=8) == armm.generate(reference, [[1, 2, 3]],
+                                                                                      max_new_tokens=8)
+        layer = model.blocks[0].mlp.fc
+        layer.weight.mul_(-1)  # changed in place, where no version counter sees it
+        x = torch.randn(2, layer.in_features)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+
+
 def test_training_never_uses_a_prepared_copy():
     torch.manual_seed(0)
     model = tiny_model()

@@ -98,7 +98,7 @@ def test_native_greedy_tokens_equal_pytorch_and_a_batch_equals_its_rows(preset):
 def test_multi_token_native_forwards_equal_pytorch_including_padding_positions(preset):
     torch.manual_seed(0)
     model = tiny_model(preset)
-    prompts = [[5, 6, 7, 8, 9], [3], [1, 2, 3]]  # a short ragged prefill goes native too (T <= MAX_TOKENS)
+    prompts = [[5, 6, 7, 8, 9], [3], [1, 2, 3]]  # a short ragged prefill goes native too (native.takes)
     P = 5
     idx = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
     pad = torch.tensor([P - len(p) for p in prompts])
@@ -115,6 +115,29 @@ def test_multi_token_native_forwards_equal_pytorch_including_padding_positions(p
     assert [o.shape[1] for o in outputs["native"]] == [5, 4, 2]
     for fast, slow in zip(outputs["native"], outputs["plain"]):
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_short_prefills_go_native_and_long_ones_run_in_pytorch_with_the_same_logits(preset):
+    torch.manual_seed(0)
+    model = tiny_model(preset)
+    calls = []
+    for B, T in ((1, 20), (2, 16), (4, 16)):  # 20 and 32 tokens in all go native; 64 run in PyTorch
+        ids = torch.randint(0, model.config.vocab_size, (B, T))
+        pad = torch.arange(B) * 3
+        outputs = {}
+        for mode in ("native", "plain"):
+            model.decode_weights = mode
+            model.setup_cache(B, T)
+            if model.native_step is not None:
+                step = model.native_step
+                model.native_step = lambda *args, step=step: calls.append(args[0].shape) or step(*args)
+            with torch.inference_mode():
+                outputs[mode] = model(ids, pad=pad, logits_to_keep=3)
+            model.clear_cache()
+        torch.testing.assert_close(outputs["native"], outputs["plain"], rtol=1e-4, atol=1e-4)
+    assert calls == [(1, 20), (2, 16)]
 
 
 @needs_native
