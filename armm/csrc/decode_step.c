@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define PREFETCH_BYTES (16 * 1024)  /* how far ahead of the multiply-adds weight rows are requested */
+
 typedef struct {
     const float *norm_1_weight, *norm_1_bias;   /* bias NULL for RMSNorm or bias=False */
     const float *qkv_weight, *qkv_bias;
@@ -98,10 +100,30 @@ static inline void row_dot4(Matrix W, int o, const float *x, int n, float *out) 
     for (int k = 0; k < 4; k++) out[k] *= W.scale[o];
 }
 
+/* Request row o of W (`ahead` rows before it is multiplied) into the cache without keeping it there. The hardware
+ * prefetcher alone does not keep enough reads in flight: with these requests a gpt2-config step (120 MB of
+ * weights) went from 1.67 to 1.28 ms, a Llama-config one from 1.16 to 0.91 ms, on this project's 2-core EPYC
+ * while its memory read ~75 GB/s; 4 KB ahead gained half as much, 32 and 64 KB slightly less than 16 KB. */
+static inline void prefetch_row(Matrix W, int o, int in, int rows) {
+    if (o >= rows) return;
+    const char *row = W.q ? (const char *)(W.q + (size_t)o * in) : (const char *)(W.w + (size_t)o * in);
+    size_t bytes = W.q ? (size_t)in : (size_t)in * 4;
+    for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(row + i, 0, 0);
+}
+
+/* How many rows make PREFETCH_BYTES of W (at least one). */
+static inline int rows_ahead(Matrix W, int in) {
+    int row_bytes = W.q ? in : 4 * in;
+    int n = (PREFETCH_BYTES + row_bytes - 1) / row_bytes;
+    return n < 1 ? 1 : n;
+}
+
 /* y[b, o] (+)= x[b, :] . W[o, :] + bias[o] for b < B; each weight row is read once for all B rows. */
 static void linear(const float *x, int B, int in, Matrix W, const float *bias, int out, float *y, int accumulate) {
+    const int ahead = rows_ahead(W, in);
     #pragma omp for schedule(static)
     for (int o = 0; o < out; o++) {
+        prefetch_row(W, o + ahead, in, out);
         float s[4];
         for (int b = 0; b < B; b += 4) {
             int n = B - b < 4 ? B - b : 4;
@@ -122,8 +144,11 @@ static void linear(const float *x, int B, int in, Matrix W, const float *bias, i
  * output, or SwiGLU, silu(gate) * up, from the pair of rows o (gate) and d_ff + o (up) of the fused weight. */
 static void mlp_in(const Model *m, const float *x, int B, Matrix W, const float *bias, float *y) {
     const int d = m->d_model, f = m->d_ff;
+    const int ahead = rows_ahead(W, d);
     #pragma omp for schedule(static)
     for (int o = 0; o < f; o++) {
+        prefetch_row(W, o + ahead, d, f);
+        if (m->swiglu) prefetch_row(W, f + o + ahead, d, 2 * f);
         for (int b = 0; b < B; b++) {
             const float *xb = x + (size_t)b * d;
             float v = row_dot(W, o, xb, d) + (bias ? bias[o] : 0.f);
