@@ -20,15 +20,16 @@ It prints these tables:
    distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy int8 tokens
    stay close to float32 (tests/test_linear.py states the tolerance).
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
-   read bandwidth, and armm's ms/token as a multiple of it. The bandwidth is measured here with ``sum()`` passes,
-   twice per round: the peak (best of five 1 GiB passes right before the generation) and the mean during the
+   read bandwidth, and armm's ms/token as a multiple of it. The bandwidth is measured here, each pass by the
+   faster of torch's ``sum()`` and a C read loop with software prefetch (``bench/membw.py``), twice per round: the peak (best of five 1 GiB passes right before the generation) and the mean during the
    generation (a 256 MB pass after every 16 tokens, timed apart from them), because a shared machine's
    bandwidth changes within seconds.
 4. With ``--compile``: ``armm.generate(..., compile=True)`` (the static-shape decode step under ``torch.compile``;
    CUDA graphs on a GPU): the cost of its first call and its steady-state speed, against armm's eager decoding
    (on the CPU, the native step).
-5. ms/token at early (~50) and late (~1000) positions of long generations (gpt2 model, batch 1, ``--repeats``
-   of them, alternating), for both: the late/early ratio shows whether anything recomputes the prefix.
+5. ms/token at early (~50) and late (~1000) positions (gpt2 model, batch 1), for both: a prompt fills the cache
+   up to 10 tokens before the position, then 20 steps are timed; early and late runs alternate, ``--repeats``
+   rounds. The late/early ratio shows whether anything recomputes the prefix.
 
 On a GPU (``--device cuda``, as ``bench/gpu.sh`` runs it) armm decodes with ``compile=True`` in every table, the
 path its docs recommend there; on the CPU with its eager default, the native step.
@@ -57,7 +58,8 @@ import armm
 from armm import ModelConfig, Transformer
 from armm.hf import export_hf, load_hf
 from armm.linear import DECODE_WEIGHTS as FORMATS
-from tables import print_table  # bench/tables.py (this folder is on sys.path)
+from membw import ReadProbe, sync  # bench/membw.py (this folder is on sys.path)
+from tables import print_table
 
 
 @dataclass
@@ -185,9 +187,9 @@ def hf_step_times(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int)
 
 
 def decode_between_probes(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str,
-                          probe: torch.Tensor, every: int = 16) -> tuple[float, float]:
-    """One greedy generation with a ``probe.sum()`` after every ``every`` tokens → (ms per token without the probes,
-    the probes' mean read bandwidth in bytes/s): both measured over the same seconds."""
+                          reader: ReadProbe, probe: torch.Tensor, every: int = 16) -> tuple[float, float]:
+    """One greedy generation with a read of ``probe`` after every ``every`` tokens → (ms per token without the
+    probes, the probes' mean read bandwidth in bytes/s): both measured over the same seconds."""
     model.decode_weights = weights
     decoding = probing = 0.0
     passes = 0
@@ -197,39 +199,11 @@ def decode_between_probes(model: Transformer, prompts: torch.Tensor, new_tokens:
         if (i + 1) % every == 0:
             now = time.perf_counter()
             decoding += now - start
-            sync(probe.device)
-            probe.sum()
-            sync(probe.device)
-            start = time.perf_counter()
-            probing += start - now
+            probing += reader.fastest(probe)
             passes += 1
+            start = time.perf_counter()
     decoding += time.perf_counter() - start
     return decoding / new_tokens * 1e3, passes * probe.numel() * probe.element_size() / probing
-
-
-def around(times: list[float], position: int, prompt_len: int, window: int = 20) -> float:
-    """Median ms of the steps that predict tokens at ``position ± window/2``."""
-    first = max(0, position - prompt_len - window // 2)
-    return statistics.median(times[first:first + window]) * 1e3
-
-
-# --- the machine --------------------------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def read_bandwidth(data: torch.Tensor, repeats: int = 5) -> float:
-    """Memory read bandwidth in bytes/s: the best of ``repeats`` ``sum()`` passes over ``data`` (1 GiB of float32)."""
-    device = data.device
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        data.sum()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return data.numel() * 4 / best
 
 
 def main() -> None:
@@ -311,10 +285,14 @@ def main() -> None:
                      "int8 tokens = float32 tokens"], rows)
 
     # 3. the bandwidth floor, measured side by side with batch-1 decoding. This machine's bandwidth is not constant
-    #    (other tenants): it switches between about 42 and 73 GB/s within seconds. So each round measures it twice:
+    #    (other tenants): it switches between about 42 and 75 GB/s within seconds. So each round measures it twice:
     #    the peak (best of five 1 GiB passes right before decoding) and the mean during the decode itself (a 256 MB
-    #    pass after every 16 tokens, timed apart from the tokens).
-    probe = torch.ones(2**30 // 4, device=device)
+    #    pass after every 16 tokens, timed apart from the tokens). Each pass reads by every method ReadProbe has and
+    #    counts the fastest.
+    probe, reader = torch.ones(2**30 // 4, device=device), ReadProbe()
+    first = {method: probe.numel() * 4 / sec / 1e9 for method, sec in reader.seconds(probe).items()}
+    print("memory read bandwidth, one 1 GiB pass each: "
+          + ", ".join(f"{method} {gbs:.1f} GB/s" for method, gbs in first.items()) + "\n")
     rows = []
     for pair in pairs:
         size = pair.armm.tok_emb.weight.element_size()
@@ -326,8 +304,9 @@ def main() -> None:
             armm_generate(pair.armm, prompts, args.new_tokens, weights)  # warm-up
             rounds = []
             for _ in range(args.repeats):
-                peak = read_bandwidth(probe)
-                ms, during = decode_between_probes(pair.armm, prompts, args.new_tokens, weights, probe[:2**26])
+                peak = reader.peak(probe)
+                ms, during = decode_between_probes(pair.armm, prompts, args.new_tokens, weights, reader,
+                                                   probe[:2**26])
                 rounds.append((ms / (weight_bytes / during * 1e3), ms, peak, during))
             _, ms, peak, during = sorted(rounds)[len(rounds) // 2]  # the median round
             rows.append([pair.name, label, f"{weight_bytes / 1e6:.1f}", f"{ms:.2f}", f"{peak / 1e9:.1f}",
@@ -361,22 +340,29 @@ def main() -> None:
         print_table(["model", "first call s (compile)", "eager ms/token", "compiled ms/token", "speed-up",
                      "tokens to repay the compile", "identical tokens"], rows)
 
-    # 5. early and late positions
+    # 5. early and late positions, interleaved: a decode step with ~50 and with ~1000 positions in the cache, each
+    #    measured on a prompt that fills the cache up to there, in turn, so that a change of the machine's state hits
+    #    both alike (one long generation would time its early steps seconds before its late ones).
     if args.late:
         pair = pairs[0]
-        new = args.late + 10 - args.prompt_len
-        prompt = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
-        runs = {"armm": [], "transformers": []}
-        for _ in range(args.repeats):
-            runs["armm"].append(armm_step_times(pair.armm, prompt, new))
-            runs["transformers"].append(hf_step_times(pair.hf, prompt, new))
+        window = 20
+        prompts = {position: torch.randint(0, pair.armm.config.vocab_size, (1, position - window // 2), generator=gen)
+                   for position in (50, args.late)}
+        runs = {(label, position): [] for label in ("armm", "transformers") for position in prompts}
+        for _ in range(args.repeats + 1):  # the first round warms up
+            for (label, position), times in runs.items():
+                if label == "armm":
+                    steps = armm_step_times(pair.armm, prompts[position], window)
+                else:
+                    steps = hf_step_times(pair.hf, prompts[position], window)
+                times.append(statistics.median(steps[1:]) * 1e3)  # steps[0] includes the prefill
         rows = []
-        for label, times in runs.items():
-            early = statistics.median(around(t, 50, args.prompt_len) for t in times)
-            late = statistics.median(around(t, args.late, args.prompt_len) for t in times)
+        for label in ("armm", "transformers"):
+            early, late = (statistics.median(runs[label, position][1:]) for position in prompts)
             rows.append([label, f"{early:.2f}", f"{late:.2f}", f"{late / early:.2f}x"])
-        print(f"{pair.name}, batch 1, {args.repeats} generations of {new} tokens each; the median over them of the "
-              "median of the 20 steps around each position")
+        print(f"{pair.name}, batch 1: ms per decode step with ~50 and ~{args.late} positions in the cache (a prompt of "
+              f"position - {window // 2} tokens, then {window} steps; the median step), median of {args.repeats} "
+              "rounds, early and late in turn")
         print_table(["library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early"], rows)
 
 
