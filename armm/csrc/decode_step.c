@@ -67,10 +67,10 @@ static inline float dot(const float *w, const float *x, int n) {
     return s;
 }
 
-/* x[b] . w for four rows b at once: four independent sums, so several tokens per row (a speculative check, a
+/* x[k] . w for four rows x[k] at once: four independent sums, so several tokens per row (a speculative check, a
  * short prefill) are not bound by the latency of one chain of additions. */
-static inline void dot4(const float *w, const float *x, int n, float *out) {
-    const float *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
+static inline void dot4(const float *w, const float *const x[4], int n, float *out) {
+    const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
     int i = 0;
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
     if (n >= 16) {
@@ -105,9 +105,9 @@ static inline float dot_q(const int8_t *q, const float *x, int n) {
     return s;
 }
 
-/* (q . x[b]) for four rows b at once, each int8 weight converted once for all four */
-static inline void dot_q4(const int8_t *q, const float *x, int n, float *out) {
-    const float *x0 = x, *x1 = x + n, *x2 = x + 2 * n, *x3 = x + 3 * n;
+/* (q . x[k]) for four rows x[k] at once, each int8 weight converted once for all four */
+static inline void dot_q4(const int8_t *q, const float *const x[4], int n, float *out) {
+    const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
     #pragma omp simd reduction(+:s0, s1, s2, s3)
     for (int i = 0; i < n; i++) {
@@ -122,8 +122,8 @@ static inline float row_dot(Matrix W, int o, const float *x, int n) {
     return W.q ? dot_q(W.q + (size_t)o * n, x, n) * W.scale[o] : dot(W.w + (size_t)o * n, x, n);
 }
 
-/* Row o of a matrix against four consecutive rows of x. */
-static inline void row_dot4(Matrix W, int o, const float *x, int n, float *out) {
+/* Row o of a matrix against four rows x[k]. */
+static inline void row_dot4(Matrix W, int o, const float *const x[4], int n, float *out) {
     if (!W.q) {
         dot4(W.w + (size_t)o * n, x, n, out);
         return;
@@ -132,12 +132,17 @@ static inline void row_dot4(Matrix W, int o, const float *x, int n, float *out) 
     for (int k = 0; k < 4; k++) out[k] *= W.scale[o];
 }
 
-/* w[o] . x[k] for the n <= 4 consecutive rows x[k] (each `in` long): four at once when there are four. */
+/* w[o] . x[k] for the n <= 4 consecutive rows x[k] (each `in` long) into out[0 .. n-1] (out holds 4). Two or
+ * three rows go through the four-row kernel too, the last row standing in for the missing ones: one pass over the
+ * weight row, and no chain of additions longer than a single row's. */
 static inline void row_dots(Matrix W, int o, const float *x, int n, int in, float *out) {
-    if (n == 4)
-        row_dot4(W, o, x, in, out);
-    else
-        for (int k = 0; k < n; k++) out[k] = row_dot(W, o, x + (size_t)k * in, in);
+    if (n == 1) {
+        out[0] = row_dot(W, o, x, in);
+        return;
+    }
+    const float *const rows[4] = {x, x + (size_t)in, x + (size_t)(n > 2 ? 2 : n - 1) * in,
+                                  x + (size_t)(n > 3 ? 3 : n - 1) * in};
+    row_dot4(W, o, rows, in, out);
 }
 
 /* Request row o of W (`ahead` rows before it is multiplied) into the cache without keeping it there. The hardware
