@@ -100,7 +100,8 @@ def sample(
         guidance_tokens: Guide only the first N tokens of each span.
         decode_weights: How to decode on the CPU: native (armm's C decode step on the float32 weights, fastest
             exact; PyTorch with packed weights where no C compiler is found), packed (PyTorch, float32 weights in
-            oneDNN's layout), int8 (weight-only int8 copies, about twice as fast, approximate) or plain.
+            oneDNN's layout), int8 (weight-only int8 copies: a quarter of the bytes, up to 2x faster where memory
+            is slow, approximate) or plain.
         compile: Decode through torch.compile of a static-shape step, replayed as a CUDA graph on a GPU (the
             first generation compiles it; it pays on a GPU, not on the CPU, where the native step is faster).
     """

@@ -222,7 +222,10 @@ def _decode(
                     return
             if step + 1 < max_new_tokens:
                 tokens = context[:, slot:slot + 1]  # decode one token: (R, 1) → logits (R, V)
-                logits = decoder(tokens, slot, pad) if decoder is not None else model(tokens, start=slot, pad=pad)[:, -1]
+                if decoder is not None:
+                    logits = decoder(tokens, slot, pad)
+                else:
+                    logits = model(tokens, start=slot, pad=pad)[:, -1]
     finally:
         model.clear_cache()
         model.train(was_training)

@@ -234,7 +234,7 @@ class Transformer(nn.Module):
             raise ValueError("start > 0 needs a KV-cache holding the earlier slots; call setup_cache first")
         if self.native_step is not None and native.takes(B, T) and not torch.is_grad_enabled() and not (
                 self.training and self.config.dropout) and not torch.compiler.is_compiling():
-            return self.native_step(idx, start, pad, logits_to_keep)  # a decode step in one native call
+            return self.native_step(idx, start, pad, logits_to_keep)  # a short forward in one native call
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
         if pad is None and start + T > self.config.max_seq_len:

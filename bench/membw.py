@@ -26,9 +26,10 @@ class ReadProbe:
     def __init__(self) -> None:
         self.lib = None
         compiler = native._compiler()
-        if compiler is not None:
-            folder = Path(tempfile.mkdtemp(prefix="armm-membw-"))
-            built = folder / "read_bandwidth.so"
+        if compiler is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="armm-membw-") as folder:  # a loaded library outlives its file
+            built = Path(folder) / "read_bandwidth.so"
             result = subprocess.run([compiler, *native.FLAGS, str(Path(__file__).with_name("read_bandwidth.c")),
                                      "-o", str(built)], capture_output=True, text=True)
             if result.returncode == 0:
