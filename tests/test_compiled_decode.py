@@ -8,6 +8,7 @@ from torch._dynamo.utils import counters
 
 import armm
 from armm.compiled_decode import compiled_decoder
+from armm.generation import Guidance
 from tests.conftest import tiny_model
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [42], [100, 101, 102]]
@@ -46,6 +47,13 @@ def test_compiled_generation_equals_eager_and_compiles_once(preset):
     expected = armm.generate(model, other, max_new_tokens=33)
     assert armm.generate(model, other, max_new_tokens=33, compile=True) == expected
     assert counters["stats"]["unique_graphs"] == graphs, "a second generation compiled the step again"
+
+
+def test_compiled_generation_with_guidance_runs_both_halves_of_the_batch_like_eager():
+    model = tiny_model("llama-tiny")
+    guidance = Guidance(scale=2.0, unconditional=[[1]] * len(PROMPTS))
+    expected = armm.generate(model, PROMPTS, max_new_tokens=10, guidance=guidance)
+    assert armm.generate(model, PROMPTS, max_new_tokens=10, guidance=guidance, compile=True) == expected
 
 
 def test_compiled_generation_leaves_the_model_as_it_was():
