@@ -27,7 +27,7 @@ It prints these tables:
 4. With ``--compile``: ``armm.generate(..., compile=True)`` (the static-shape decode step under ``torch.compile``;
    CUDA graphs on a GPU): the cost of its first call and its steady-state speed, against armm's eager decoding
    (on the CPU, the native step).
-5. ms/token at early (~50) and late (~1000) positions (gpt2 model, batch 1), for both: a prompt fills the cache
+5. ms/token at early (~50) and late (~1000) positions (each model, batch 1), for both: a prompt fills the cache
    up to 10 tokens before the position, then 20 steps are timed; early and late runs alternate, ``--repeats``
    rounds. The late/early ratio shows whether anything recomputes the prefix.
 
@@ -344,26 +344,32 @@ def main() -> None:
     #    measured on a prompt that fills the cache up to there, in turn, so that a change of the machine's state hits
     #    both alike (one long generation would time its early steps seconds before its late ones).
     if args.late:
-        pair = pairs[0]
-        window = 20
-        prompts = {position: torch.randint(0, pair.armm.config.vocab_size, (1, position - window // 2), generator=gen)
-                   for position in (50, args.late)}
-        runs = {(label, position): [] for label in ("armm", "transformers") for position in prompts}
-        for _ in range(args.repeats + 1):  # the first round warms up
-            for (label, position), times in runs.items():
-                if label == "armm":
-                    steps = armm_step_times(pair.armm, prompts[position], window)
-                else:
-                    steps = hf_step_times(pair.hf, prompts[position], window)
-                times.append(statistics.median(steps[1:]) * 1e3)  # steps[0] includes the prefill
-        rows = []
-        for label in ("armm", "transformers"):
-            early, late = (statistics.median(runs[label, position][1:]) for position in prompts)
-            rows.append([label, f"{early:.2f}", f"{late:.2f}", f"{late / early:.2f}x"])
-        print(f"{pair.name}, batch 1: ms per decode step with ~50 and ~{args.late} positions in the cache (a prompt of "
-              f"position - {window // 2} tokens, then {window} steps; the median step), median of {args.repeats} "
-              "rounds, early and late in turn")
-        print_table(["library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early"], rows)
+        window, rows = 20, []
+        for pair in pairs:
+            if pair.armm.config.max_seq_len < args.late + window:
+                continue
+            prompts = {position: torch.randint(0, pair.armm.config.vocab_size, (1, position - window // 2),
+                                               generator=gen) for position in (50, args.late)}
+            runs = {(label, position): [] for label in ("armm", "transformers") for position in prompts}
+            for _ in range(args.repeats + 1):  # the first round warms up
+                for (label, position), times in runs.items():
+                    if label == "armm":
+                        steps = armm_step_times(pair.armm, prompts[position], window)
+                    else:
+                        steps = hf_step_times(pair.hf, prompts[position], window)
+                    times.append(statistics.median(steps[1:]) * 1e3)  # steps[0] includes the prefill
+            c = pair.armm.config
+            cache_mb = c.n_layer * 2 * c.n_kv_head * c.head_dim * args.late * pair.armm.tok_emb.weight.element_size()
+            bound = 1 + cache_mb / pair.weight_bytes  # the cache read at the weights' rate
+            for label in ("armm", "transformers"):
+                early, late = (statistics.median(runs[label, position][1:]) for position in prompts)
+                rows.append([pair.name, label, f"{early:.2f}", f"{late:.2f}", f"{late / early:.2f}x",
+                             f"{cache_mb / 1e6:.1f}", f"{bound:.2f}x"])
+        print(f"batch 1: ms per decode step with ~50 and ~{args.late} positions in the cache (a prompt of position - "
+              f"{window // 2} tokens, then {window} steps; the median step), median of {args.repeats} rounds, early "
+              "and late in turn; the bound is 1 + cache bytes / weight bytes")
+        print_table(["model", "library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early",
+                     f"cache read @ ~{args.late} (MB)", "bound"], rows)
 
 
 if __name__ == "__main__":
