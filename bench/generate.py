@@ -28,8 +28,8 @@ It prints these tables:
    CUDA graphs on a GPU): the cost of its first call and its steady-state speed, against armm's eager decoding
    (on the CPU, the native step).
 5. ms/token at early (~50) and late (~1000) positions (each model, batch 1), for both: a prompt fills the cache
-   up to 10 tokens before the position, then 20 steps are timed; early and late runs alternate, ``--repeats``
-   rounds. The late/early ratio shows whether anything recomputes the prefix.
+   up to 10 tokens before the position, then 20 steps are timed; early and late runs alternate (in reversed
+   order every other round), ``--position-rounds`` rounds. The late/early ratio shows whether anything recomputes the prefix.
 
 On a GPU (``--device cuda``, as ``bench/gpu.sh`` runs it) armm decodes with ``compile=True`` in every table, the
 path its docs recommend there; on the CPU with its eager default, the native step.
@@ -215,6 +215,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the median is shown")
     parser.add_argument("--max-seq-len", type=int, default=1024)
     parser.add_argument("--late", type=int, default=1000, help="late position of the position table (0 skips it)")
+    parser.add_argument("--position-rounds", type=int, default=7,
+                        help="rounds of the position table (early and late in turn; the median is shown)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true",
                         help="also time armm.generate(compile=True) against eager: compile cost, steady state")
@@ -351,8 +353,9 @@ def main() -> None:
             prompts = {position: torch.randint(0, pair.armm.config.vocab_size, (1, position - window // 2),
                                                generator=gen) for position in (50, args.late)}
             runs = {(label, position): [] for label in ("armm", "transformers") for position in prompts}
-            for _ in range(args.repeats + 1):  # the first round warms up
-                for (label, position), times in runs.items():
+            for round_ in range(args.position_rounds + 1):  # the first round warms up
+                order = list(runs.items())
+                for (label, position), times in order if round_ % 2 else order[::-1]:  # no side always first
                     if label == "armm":
                         steps = armm_step_times(pair.armm, prompts[position], window)
                     else:
@@ -366,8 +369,8 @@ def main() -> None:
                 rows.append([pair.name, label, f"{early:.2f}", f"{late:.2f}", f"{late / early:.2f}x",
                              f"{cache_mb / 1e6:.1f}", f"{bound:.2f}x"])
         print(f"batch 1: ms per decode step with ~50 and ~{args.late} positions in the cache (a prompt of position - "
-              f"{window // 2} tokens, then {window} steps; the median step), median of {args.repeats} rounds, early "
-              "and late in turn; the bound is 1 + cache bytes / weight bytes")
+              f"{window // 2} tokens, then {window} steps; the median step), median of {args.position_rounds} rounds, "
+              "early and late in turn; the bound is 1 + cache bytes / weight bytes")
         print_table(["model", "library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early",
                      f"cache read @ ~{args.late} (MB)", "bound"], rows)
 
