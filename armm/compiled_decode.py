@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from armm.kv_cache import KVCache
-
 if TYPE_CHECKING:
     from armm.model import Transformer
 
@@ -26,13 +24,9 @@ class CompiledDecoder:
     """``model.decode_step`` compiled for batches of ``batch_size`` rows, with the KV-cache it runs on."""
 
     def __init__(self, model: Transformer, batch_size: int) -> None:
-        weight, config = model.tok_emb.weight, model.config
+        weight = model.tok_emb.weight
         self.dtype, self.device = weight.dtype, weight.device
-        self.caches = [
-            KVCache(batch_size, config.n_kv_head, config.max_seq_len, config.head_dim, dtype=self.dtype,
-                    device=self.device)
-            for _ in model.blocks
-        ]
+        self.caches = model.new_caches(batch_size, model.config.max_seq_len)
         # The step's inputs live in buffers of their own: the same tensors, shapes and strides at every call.
         self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
         self.slot = torch.zeros((), dtype=torch.long, device=self.device)

@@ -5,8 +5,8 @@ read. The formats, chosen by ``Transformer.decode_weights`` and prepared when a 
 
 - ``"native"`` (the CPU default): short cached forwards (up to 8 tokens per row, or 32 tokens in all) run armm's
   native decode step (``armm.native``), which reads the float32 weights in place; the layers themselves run
-  ``"plain"`` (longer prefills). Where the native step cannot run (no C compiler, another dtype or device), the layers decode
-  ``"packed"``.
+  ``"plain"`` (longer prefills). Where the native step cannot run (no C compiler, another dtype or device), the
+  layers decode ``"packed"``.
 - ``"plain"``: ``F.linear`` on the float weights, as training runs.
 - ``"packed"``: the same float32 weights reordered into oneDNN's blocked layout. MKL's
   small-batch kernels read ``[out, in]`` weights at a third to a half of the memory bandwidth; oneDNN's at

@@ -192,14 +192,16 @@ class Transformer(nn.Module):
         return total
 
     # --- KV-cache ------------------------------------------------------------------------------
+    def new_caches(self, batch_size: int, max_len: int) -> list[KVCache]:
+        """One empty KV-cache per layer, ``batch_size`` rows of ``max_len`` slots, in the weights' dtype and device."""
+        weight, c = self.tok_emb.weight, self.config
+        return [KVCache(batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device)
+                for _ in self.blocks]
+
     def setup_cache(self, batch_size: int, max_len: int) -> None:
         """Allocate a static KV-cache of ``batch_size`` rows and ``max_len`` slots in every layer."""
-        weight = self.tok_emb.weight
-        c = self.config
-        for block in self.blocks:
-            block.attn.kv_cache = KVCache(
-                batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device
-            )
+        for block, cache in zip(self.blocks, self.new_caches(batch_size, max_len)):
+            block.attn.kv_cache = cache
         mode = check_decode_weights(self.decode_weights)
         self.native_step = None
         use_native = mode in ("native", "int8") and native.NativeDecoder.supports(self) and native.available()

@@ -2,8 +2,8 @@
 
 A batch-1 decode step on the CPU is bound by how fast it reads the weights, and in PyTorch it also pays the
 dispatch of ~150 operator calls. The native step does the whole of a short forward (``takes``: decode steps,
-speculative checks, short prefills; embeddings to logits) in one call inside one OpenMP region, reading the model's own float32 weights in place (no
-copy, no extra memory), or the linear layers' weight-only int8 copies.
+speculative checks, short prefills; embeddings to logits) in one call inside one OpenMP region, reading the model's
+own float32 weights in place (no copy, no extra memory), or the linear layers' weight-only int8 copies.
 
 The library is compiled once per source, compiler and CPU (``-O3 -march=native -fopenmp``) into
 ``$ARMM_CACHE_DIR`` (default ``~/.cache/armm``) and loaded with ``ctypes``. Where it cannot be built (no C

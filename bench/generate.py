@@ -16,20 +16,21 @@ It prints these tables:
    its default path (``native``: the whole float32 decode step in one call of armm's C step, ``armm.native``).
 2. armm's decode paths side by side (``native``; ``int8``, the native step on weight-only int8 copies; PyTorch
    with ``plain`` float32 weights as training uses them, and with ``packed`` weights in oneDNN's layout), whether
-   native and plain drew the same tokens, and how many int8 tokens equal the float32 ones. The models are random, so their next-token
-   distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy int8 tokens
-   stay close to float32 (tests/test_linear.py states the tolerance).
+   native and plain drew the same tokens, and how many int8 tokens equal the float32 ones. The models are random,
+   so their next-token distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy
+   int8 tokens stay close to float32 (tests/test_linear.py states the tolerance).
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
    read bandwidth, and armm's ms/token as a multiple of it. The bandwidth is measured here, each pass by the
-   faster of torch's ``sum()`` and a C read loop with software prefetch (``bench/membw.py``), twice per round: the peak (best of five 1 GiB passes right before the generation) and the mean during the
-   generation (a 256 MB pass after every 16 tokens, timed apart from them), because a shared machine's
-   bandwidth changes within seconds.
+   faster of torch's ``sum()`` and a C read loop with software prefetch (``bench/membw.py``), twice per round: the
+   peak (best of five 1 GiB passes right before the generation) and the mean during the generation (a 256 MB pass
+   after every 16 tokens, timed apart from them), because a shared machine's bandwidth changes within seconds.
 4. With ``--compile``: ``armm.generate(..., compile=True)`` (the static-shape decode step under ``torch.compile``;
    CUDA graphs on a GPU): the cost of its first call and its steady-state speed, against armm's eager decoding
    (on the CPU, the native step).
 5. ms/token at early (~50) and late (~1000) positions (each model, batch 1), for both: a prompt fills the cache
    up to 10 tokens before the position, then 20 steps are timed; early and late runs alternate (in reversed
-   order every other round), ``--position-rounds`` rounds. The late/early ratio shows whether anything recomputes the prefix.
+   order every other round), ``--position-rounds`` rounds. The late/early ratio shows whether anything recomputes
+   the prefix; the bound beside it is what reading the cache at the weights' rate would cost.
 
 On a GPU (``--device cuda``, as ``bench/gpu.sh`` runs it) armm decodes with ``compile=True`` in every table, the
 path its docs recommend there; on the CPU with its eager default, the native step.
