@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from armm.backends import Backend, Quantize
 from armm.chat_cli import chat
 from armm.checkpoint import load_model_with_tokenizer, save_model
 from armm.config import ModelConfig
@@ -22,7 +23,6 @@ from armm.generation import Guidance, generate
 from armm.hf import convert
 from armm.inspect_cli import COMMANDS as INSPECT_COMMANDS
 from armm.layout import VocabLayout, sampler_for
-from armm.linear import DecodeWeights
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.scoring import score as score_ids
@@ -78,8 +78,8 @@ def sample(
     part_samplers: dict[str, str] | None = None,
     guidance: float | None = None,
     guidance_tokens: int | None = None,
-    decode_weights: DecodeWeights = "native",
-    compile: bool = False,
+    backend: Backend = "auto",
+    quantize: Quantize | None = None,
 ) -> None:
     """Generate samples from a saved model, in any modality its tokenizer plugin handles.
 
@@ -98,19 +98,17 @@ def sample(
         guidance: Classifier-free guidance scale for a mixed-modality model trained with condition dropout
             (1 = none; 2 to 4 follow the prompt more closely).
         guidance_tokens: Guide only the first N tokens of each span.
-        decode_weights: How to decode on the CPU: native (armm's C decode step on the float32 weights, fastest
-            exact; PyTorch with packed weights where no C compiler is found), packed (PyTorch, float32 weights in
-            oneDNN's layout), int8 (weight-only int8 copies: a quarter of the bytes, up to 2x faster where memory
-            is slow, approximate) or plain.
-        compile: Decode through torch.compile of a static-shape step, replayed as a CUDA graph on a GPU (the
-            first generation compiles it; it pays on a GPU, not on the CPU, where the native step is faster).
+        backend: How the forwards run: auto (on the CPU, the faster of armm's native C step and PyTorch, measured
+            once per shape class on this machine; PyTorch elsewhere), eager (PyTorch), native (the C step for
+            short forwards), compiled (torch.compile of the decode step, CUDA graphs on a GPU: the first
+            generation compiles it; it pays on a GPU, not on the CPU).
+        quantize: int8: decode from weight-only int8 copies on the CPU (a quarter of the bytes; approximate).
     """
     model, tok = load_model_with_tokenizer(model_dir)
     if num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
     if output is None and not tok.decodes_text:
         raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
-    model.decode_weights = decode_weights
     ids = _prompt_ids(tok, prompt)
     sampler = sampler_for(tok, sampler, part_samplers)
     guided = guidance is not None or guidance_tokens is not None
@@ -127,14 +125,15 @@ def sample(
         for i in range(num_samples):
             steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
                              seed=None if seeds is None else seeds[i], stream=True, guidance=guide(1),
-                             compile=compile)
+                             backend=backend, quantize=quantize)
             console.print(prompt, end="", markup=False, highlight=False)
             for piece in stream_text(tok, (step[0] for step in steps)):
                 console.print(piece, end="", markup=False, highlight=False)
             console.print()
         return
     outputs = generate(model, [ids] * num_samples, max_new_tokens=max_new_tokens, sampler=sampler,
-                       stop_tokens=stops, seed=seeds, guidance=guide(num_samples), compile=compile)
+                       stop_tokens=stops, seed=seeds, guidance=guide(num_samples), backend=backend,
+                       quantize=quantize)
     samples = [tok.decode(ids + new) for new in outputs]
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)

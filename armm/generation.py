@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from armm.compiled_decode import compiled_decoder
+from armm.backends import check_backend, check_quantize, decoding
 from armm.model import Transformer
 from armm.sampling import Sampler, build_sampler
 
@@ -73,7 +73,8 @@ def generate(
     seed: Seed = None,
     stream: bool = False,
     guidance: Guidance | None = None,
-    compile: bool = False,
+    backend: str = "auto",
+    quantize: str | None = None,
 ) -> list[list[int]] | Iterator[list[int | None]]:
     """Continue each prompt (a list of token ids; lengths may differ) by up to ``max_new_tokens`` tokens.
 
@@ -84,10 +85,11 @@ def generate(
     returns an iterator that yields, per step, each row's new token (``None`` once a row has stopped).
     ``guidance`` applies classifier-free guidance (see ``Guidance``).
 
-    ``compile=True`` decodes through ``torch.compile`` of a static-shape step, replayed as a CUDA graph on a GPU
-    (``armm.compiled_decode``): the first call per model and batch size compiles it (seconds to a minute), later
-    ones reuse it. It pays on a GPU, where a step is otherwise bound by launching its kernels; on the CPU armm's
-    native step is faster (figures in docs/performance.md).
+    ``backend`` picks how the forwards run (``armm.backends``): ``auto`` (the faster of armm's native C step and
+    PyTorch on this CPU, measured per shape class; PyTorch elsewhere), ``eager``, ``native`` or ``compiled``
+    (``torch.compile`` of a static-shape step, replayed as a CUDA graph on a GPU: the first call per model and
+    batch size compiles it, later ones reuse it). ``quantize="int8"`` decodes from weight-only int8 copies on the
+    CPU (approximate). Calls on one model take turns; each has its own KV-cache.
     """
     config = model.config
     device = model.tok_emb.weight.device
@@ -97,11 +99,13 @@ def generate(
         if len(unconditional) != len(rows):
             raise ValueError(f"guidance needs one unconditional prompt per prompt ({len(rows)}), got {len(unconditional)}")
         rows = rows + unconditional
+    check_backend(backend)
+    check_quantize(quantize)
     sampler = build_sampler(sampler)
     batch_size = len(prompts)
     stops = stop_table(stop_tokens, batch_size, config.vocab_size, device)
     generators = None if sampler.is_greedy else row_generators(seed, batch_size, device)
-    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance, compile)
+    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance, backend, quantize)
     if stream:
         return ([None if done else t for t, done in zip(token.tolist(), done_before.tolist())]
                 for token, done_before in steps)
@@ -182,8 +186,9 @@ def _decode(
     sampler: Sampler,
     stops: Tensor | None,
     generators: list[torch.Generator] | None,
-    guidance: Guidance | None = None,
-    compile: bool = False,
+    guidance: Guidance | None,
+    backend: str,
+    quantize: str | None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(token [B], finished_before [B])`` per step; stop once every row has drawn a stop token.
 
@@ -199,15 +204,8 @@ def _decode(
         context[row, P - len(ids):P] = torch.tensor(ids, device=device)
     pad = torch.tensor([P - len(ids) for ids in rows], device=device) if any(len(r) < P for r in rows) else None
 
-    was_training = model.training
-    model.eval()
-    decoder = compiled_decoder(model, R) if compile else None
-    if decoder is not None:
-        decoder.lend_cache(model)
-    else:
-        model.setup_cache(R, P + max_new_tokens)
-    try:
-        logits = model(context[:, :P].clamp(min=0), start=0, pad=pad, logits_to_keep=1)[:, -1]  # prefill: (R, V)
+    with decoding(model, R, P + max_new_tokens, backend, quantize) as decoder:
+        logits = decoder.forward(context[:, :P].clamp(min=0), 0, pad, logits_to_keep=1)[:, -1]  # prefill: (R, V)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             slot = P + step
@@ -221,11 +219,4 @@ def _decode(
                 if bool(finished.all()):  # the only host sync, and only when there are stop tokens
                     return
             if step + 1 < max_new_tokens:
-                tokens = context[:, slot:slot + 1]  # decode one token: (R, 1) → logits (R, V)
-                if decoder is not None:
-                    logits = decoder(tokens, slot, pad)
-                else:
-                    logits = model(tokens, start=slot, pad=pad)[:, -1]
-    finally:
-        model.clear_cache()
-        model.train(was_training)
+                logits = decoder.step(context[:, slot:slot + 1], slot, pad)  # one token: (R, 1) → logits (R, V)

@@ -1,12 +1,16 @@
-"""A static, preallocated key/value cache (one per attention layer), in the style of gpt-fast."""
+"""A static, preallocated key/value cache (one per attention layer), in the style of gpt-fast.
+
+A cache belongs to whoever decodes (``armm.backends``), not to the model: ``Transformer.forward(..., cache=...)``
+reads and writes the one it is given, so two generations on one model never share one.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 
-class KVCache(nn.Module):
+class KVCache:
     """Keys and values of every past position, written in place at explicit slots.
 
     Buffers are ``[batch, n_kv_head, max_len, head_dim]`` and are allocated once: decoding a
@@ -16,10 +20,9 @@ class KVCache(nn.Module):
     def __init__(
         self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int, *, dtype: torch.dtype, device: torch.device
     ) -> None:
-        super().__init__()
         shape = (batch_size, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     @property
     def batch_size(self) -> int:
@@ -31,6 +34,8 @@ class KVCache(nn.Module):
 
     def check_write(self, batch_size: int, start: int, length: int) -> int:
         """Check that ``batch_size`` rows of ``length`` tokens fit at slots ``start ..``; returns the end slot."""
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"start must be an integer cache slot >= 0, got {start!r}")
         end = start + length
         if batch_size != self.batch_size:
             raise ValueError(f"KV-cache was set up for batch size {self.batch_size}, got a batch of {batch_size}")
@@ -55,3 +60,8 @@ class KVCache(nn.Module):
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reset(self) -> None:
+        """Zero every slot (a cache reused by another generation starts empty)."""
+        self.k.zero_()
+        self.v.zero_()

@@ -1,5 +1,6 @@
 """A decoder-only Transformer over token ids: GPT-2 style or Llama style, chosen by ``ModelConfig``.
 
+The model is plain PyTorch: its KV-cache is an argument (``cache=``), owned by whoever decodes (``armm.backends``).
 Ragged batches use left padding: row ``b`` starts with ``pad[b]`` padding slots that no query may
 attend to, and its positions count from its first real token, so a row computes the same thing
 alone or inside a batch.
@@ -13,11 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from armm import native
-from armm.compiled_decode import CompiledDecoder
 from armm.config import ModelConfig
 from armm.kv_cache import KVCache
-from armm.linear import DecodeWeights, Linear, check_decode_weights
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -77,14 +75,12 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.qkv = Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
-        self.proj = Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
+        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.bias)
         self.dropout = config.dropout
-        self.kv_cache: KVCache | None = None
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int | Tensor
-    ) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool,
+                start: int | Tensor, cache: KVCache | None) -> Tensor:
         q_size, kv_size = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
         q, k, v = self.qkv(x).split([q_size, kv_size, kv_size], dim=-1)
         B, T = x.shape[:2]  # plain view/transpose: einops costs ~10 µs a call, a tenth of a small decode step
@@ -93,8 +89,8 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start, k, v)  # (B, nkv, start+T or max_len, hd)
+        if cache is not None:
+            k, v = cache.update(start, k, v)  # (B, nkv, start+T or max_len, hd)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv_head != self.n_head,
@@ -110,8 +106,8 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
         hidden = config.d_ff * (2 if self.swiglu else 1)
-        self.fc = Linear(config.d_model, hidden, bias=config.bias)
-        self.proj = Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.fc = nn.Linear(config.d_model, hidden, bias=config.bias)
+        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor) -> Tensor:
@@ -132,34 +128,27 @@ class Block(nn.Module):
         self.norm_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool, start: int | Tensor
-    ) -> Tensor:
-        x = x + self.attn(self.norm_1(x), rope, mask, is_causal, start)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None, is_causal: bool,
+                start: int | Tensor, cache: KVCache | None) -> Tensor:
+        x = x + self.attn(self.norm_1(x), rope, mask, is_causal, start, cache)
         return x + self.mlp(self.norm_2(x))
 
 
 class Transformer(nn.Module):
     """Token ids ``[B, T]`` → next-token logits ``[B, T, vocab_size]``.
 
-    Without a cache, ``forward`` is a full causal pass. After ``setup_cache``, ``forward(idx, start=s)``
-    processes tokens at cache slots ``s .. s+T-1`` and attends to everything cached before them.
-    ``decode_weights`` picks the weight format linear layers decode with (see ``armm.linear``); ``setup_cache``
-    prepares it.
+    Without a cache, ``forward`` is a full causal pass. With one (``new_caches``), ``forward(idx, cache=c,
+    start=s)`` processes tokens at cache slots ``s .. s+T-1`` and attends to everything cached before them.
     """
-
-    decode_weights: DecodeWeights = "native"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.native_step: native.NativeDecoder | None = None
-        self.compiled_decoders: dict[int, CompiledDecoder] = {}  # by batch size; see armm.compiled_decode
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
@@ -170,11 +159,6 @@ class Transformer(nn.Module):
         for name, param in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
             if name.endswith("proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave the native step's C pointers and the compiled decoders behind; they decode in
-        PyTorch until the next ``setup_cache`` and compile again when asked to."""
-        return {**super().__getstate__(), "native_step": None, "compiled_decoders": {}}
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -191,74 +175,41 @@ class Transformer(nn.Module):
             total -= 0 if self.config.tie_embeddings else self.tok_emb.weight.numel()
         return total
 
-    # --- KV-cache ------------------------------------------------------------------------------
     def new_caches(self, batch_size: int, max_len: int) -> list[KVCache]:
         """One empty KV-cache per layer, ``batch_size`` rows of ``max_len`` slots, in the weights' dtype and device."""
         weight, c = self.tok_emb.weight, self.config
         return [KVCache(batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device)
                 for _ in self.blocks]
 
-    def setup_cache(self, batch_size: int, max_len: int) -> None:
-        """Allocate a static KV-cache of ``batch_size`` rows and ``max_len`` slots in every layer."""
-        for block, cache in zip(self.blocks, self.new_caches(batch_size, max_len)):
-            block.attn.kv_cache = cache
-        mode = check_decode_weights(self.decode_weights)
-        self.native_step = None
-        use_native = mode in ("native", "int8") and native.NativeDecoder.supports(self) and native.available()
-        weights = mode  # what the linear layers run: longer prefills, and every forward without the native step
-        if mode == "native":
-            weights = "plain" if use_native else "packed"
-        for module in self.modules():
-            if isinstance(module, Linear):
-                module.prepare(weights)
-        if use_native:
-            self.native_step = native.NativeDecoder(self, native.library(), int8=mode == "int8")
-
-    def clear_cache(self) -> None:
-        for block in self.blocks:
-            block.attn.kv_cache = None
-        self.native_step = None
-
-    @property
-    def has_cache(self) -> bool:
-        return self.blocks[0].attn.kv_cache is not None
-
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, idx: Tensor, *, start: int = 0, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
+    def forward(self, idx: Tensor, *, cache: list[KVCache] | None = None, start: int = 0, pad: Tensor | None = None,
+                logits_to_keep: int = 0) -> Tensor:
         """Logits ``[B, T, V]`` for tokens ``idx [B, T]`` at slots ``start ..``; ``pad [B]`` = left-padding per row.
 
-        ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (``[B, n, V]``; 0 = all), as a
-        prefill needs: the output layer is the largest matrix of a small model."""
+        ``cache`` (from ``new_caches``) receives the keys and values of slots ``start .. start+T-1`` and supplies
+        the earlier ones. ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (``[B, n, V]``;
+        0 = all), as a prefill needs: the output layer is the largest matrix of a small model."""
+        check_forward_args(self.config, idx, cache, start, pad, logits_to_keep)
         B, T = idx.shape
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
-        if start and not self.has_cache:
-            raise ValueError("start > 0 needs a KV-cache holding the earlier slots; call setup_cache first")
-        if self.native_step is not None and native.takes(B, T) and not torch.is_grad_enabled() and not (
-                self.training and self.config.dropout) and not torch.compiler.is_compiling():
-            return self.native_step(idx, start, pad, logits_to_keep)  # a short forward in one native call
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
         if pad is None and start + T > self.config.max_seq_len:
             raise self.config.too_long(start + T)
         mask, is_causal = attention_mask(start, T, pad, idx.device)
-        return self._layers(idx, positions, mask, is_causal, start, logits_to_keep)
+        return self._layers(idx, positions, mask, is_causal, start, cache, logits_to_keep)
 
-    def decode_step(self, idx: Tensor, slot: Tensor, pad: Tensor | None = None) -> Tensor:
+    def decode_step(self, idx: Tensor, slot: Tensor, pad: Tensor | None, cache: list[KVCache]) -> Tensor:
         """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot`` (a 0-dim long tensor).
 
-        The static-shape twin of ``forward(idx, start=slot, pad=pad)`` for ``torch.compile`` and CUDA graphs
-        (``armm.generate(..., compile=True)``): no Python number changes from step to step, the cache is written
-        with ``index_copy_`` and attention covers all its slots under a mask. The caller keeps ``slot`` below the
-        cache's length."""
-        if not self.has_cache:
-            raise ValueError("decode_step needs a KV-cache holding the earlier slots; call setup_cache first")
+        The static-shape twin of ``forward(idx, cache=cache, start=slot, pad=pad)``, for graph capture: no Python
+        number changes from step to step, the cache is written with ``index_copy_`` and attention covers all its
+        slots under a mask. The caller keeps ``slot`` below the cache's length."""
         positions = (slot - pad).clamp(min=0)[:, None] if pad is not None else slot.view(1, 1)  # (B or 1, 1)
-        mask = static_attention_mask(slot, self.blocks[0].attn.kv_cache.max_len, pad)
-        return self._layers(idx, positions, mask, False, slot, 1)[:, -1]
+        mask = static_attention_mask(slot, cache[0].max_len, pad)
+        return self._layers(idx, positions, mask, False, slot, cache, 1)[:, -1]
 
     def _layers(self, idx: Tensor, positions: Tensor, mask: Tensor | None, is_causal: bool, start: int | Tensor,
-                logits_to_keep: int) -> Tensor:
+                cache: list[KVCache] | None, logits_to_keep: int) -> Tensor:
         """Embeddings, the blocks, the final norm and the output layer (for the last ``logits_to_keep`` positions,
         0 = all)."""
         x = self.tok_emb(idx)  # (B, T, d)
@@ -266,8 +217,27 @@ class Transformer(nn.Module):
             x = x + self.pos_emb(positions)
         rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.pos_emb is None else None
         x = F.dropout(x, self.config.dropout, self.training)
-        for block in self.blocks:
-            x = block(x, rope, mask, is_causal, start)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, mask, is_causal, start, cache[i] if cache is not None else None)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # (B, n, d)
         return self.lm_head(self.norm_f(x))
+
+
+def check_forward_args(config: ModelConfig, idx: Tensor, cache: list[KVCache] | None, start: int, pad: Tensor | None,
+                       logits_to_keep: int) -> None:
+    """Refuse arguments ``Transformer.forward`` cannot honour, with an error that says what is allowed."""
+    if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex:
+        got = f"{idx.dtype} of shape {tuple(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
+        raise ValueError(f"idx must be an integer tensor of token ids [batch, tokens], got {got}")
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an integer cache slot >= 0, got {start!r}")
+    if cache is None and start:
+        raise ValueError("start > 0 needs a KV-cache holding the earlier slots: pass cache=model.new_caches(...)")
+    if cache is not None and len(cache) != config.n_layer:
+        raise ValueError(f"cache must hold one KVCache per layer ({config.n_layer}), got {len(cache)}")
+    if pad is not None and (not isinstance(pad, Tensor) or pad.shape != (idx.size(0),) or pad.dtype.is_floating_point):
+        got = f"{pad.dtype} of shape {tuple(pad.shape)}" if isinstance(pad, Tensor) else type(pad).__name__
+        raise ValueError(f"pad must be an integer tensor [batch] = [{idx.size(0)}] of left-padding counts, got {got}")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from armm.backends import check_backend, decoding
 from armm.model import Transformer
 
 
@@ -39,12 +40,14 @@ class Score:
 
 
 @torch.inference_mode()
-def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None = None) -> Score:
+def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None = None,
+          backend: str = "auto") -> Score:
     """Score ``ids`` (start it with bos to score its first real token too).
 
     A sequence longer than the model's context is scored with a sliding window: the first window
     holds ``max_seq_len`` tokens, and each next one moves by ``stride`` (default ``max_seq_len // 2``),
     so every later token is predicted from at least ``max_seq_len - stride`` tokens before it.
+    ``backend`` runs the forwards as in ``generate`` (``armm.backends``: short windows may go native).
     Raises ValueError for fewer than 2 tokens, an id outside the vocabulary, or a bad stride.
     """
     config = model.config
@@ -63,20 +66,17 @@ def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None
             f"token id {int(ids[position])} at position {position} is outside the model's vocabulary "
             f"(0 .. {config.vocab_size - 1})"
         )
-    was_training = model.training
-    model.eval()
+    check_backend(backend)
     ids = ids.to(model.tok_emb.weight.device)
     pieces, scored = [], 1  # ids[0] is only a condition
-    try:
-        while scored < n:
-            end = min(n, context if scored == 1 else scored + stride)
-            window = ids[max(0, end - context):end]
-            logits = model(window[None, :-1])[0].float()  # (len(window) - 1, V): each next-token prediction
-            logprobs = logits.log_softmax(-1).gather(-1, window[1:, None])[:, 0]
-            pieces.append(logprobs[-(end - scored):])  # only the tokens this window scores first
-            scored = end
-    finally:
-        model.train(was_training)
+    while scored < n:
+        end = min(n, context if scored == 1 else scored + stride)
+        window = ids[max(0, end - context):end]
+        with decoding(model, 1, len(window) - 1, backend) as decoder:  # a fresh cache per window
+            logits = decoder.forward(window[None, :-1], 0)[0].float()  # (len(window) - 1, V): next-token predictions
+        logprobs = logits.log_softmax(-1).gather(-1, window[1:, None])[:, 0]
+        pieces.append(logprobs[-(end - scored):])  # only the tokens this window scores first
+        scored = end
     token_logprobs = torch.cat(pieces).cpu()
     return Score(token_logprobs=token_logprobs, log_likelihood=float(token_logprobs.double().sum()))
 

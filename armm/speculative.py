@@ -12,8 +12,8 @@ output. Other samplers use the rejection rule: keep proposal ``x`` with probabil
 ``min(1, p(x) / q(x))`` (``p`` target, ``q`` draft, both after the sampler's transforms), and on a
 rejection draw from ``max(p - q, 0)``; every token is then distributed exactly as the target samples it.
 
-Both models use their static KV-caches. Rolling back needs no copy: slots holding rejected proposals
-are simply written again by the next round's forward.
+Both models decode with static KV-caches of their own (``armm.backends``). Rolling back needs no copy:
+slots holding rejected proposals are simply written again by the next round's forward.
 
 Rows of a batch advance together, by the smallest number of proposals any unfinished row kept, so a
 batch verifies with one target forward per round, but the round is as short as its least lucky row
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from armm.backends import Decoder, check_backend, decoding
 from armm.generation import Prompts, Seed, StopTokens, check_prompts, row_generators, stop_table
 from armm.model import Transformer
 from armm.sampling import Sampler, build_sampler, draw
@@ -79,6 +80,7 @@ def speculative_generate(
     sampler: str | Sampler = "greedy",
     seed: Seed = None,
     stats: SpeculativeStats | None = None,
+    backend: str = "auto",
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens of ``target``, ``num_draft_tokens`` drafted at a time.
 
@@ -88,15 +90,11 @@ def speculative_generate(
     ``generate``'s one-token steps in the last bits). With another sampler each token is distributed as
     the target would sample it, but the random draws differ from ``generate``'s, and in a batch a row's
     draws also depend on the other rows (they advance together). ``stats``, if given, has this call's
-    counters added to it (see ``SpeculativeStats``).
+    counters added to it (see ``SpeculativeStats``). ``backend`` is ``generate``'s, for both models.
 
-    ``draft`` must share the target's vocabulary (the same tokenizer) and device, and be a separate model:
-    each holds its own KV-cache. Its architecture, size and dtype are free, and its context must fit the
+    ``draft`` must share the target's vocabulary (the same tokenizer) and device. Its architecture, size and dtype are free, and its context must fit the
     prompts too.
     """
-    if draft is target or _shared_attention(target, draft):
-        raise ValueError("draft and target must be separate models, each with its own KV-cache; "
-                         "to draft with the target's own weights pass copy.deepcopy(target)")
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(
             f"draft vocab_size ({draft.config.vocab_size}) differs from the target's ({target.config.vocab_size}); "
@@ -113,30 +111,21 @@ def speculative_generate(
         check_prompts(rows, draft.config.vocab_size, draft.config.max_seq_len, max_new_tokens)
     except ValueError as err:
         raise ValueError(f"for the draft model: {err}") from None
+    check_backend(backend)
     sampler = build_sampler(sampler)
     stops = stop_table(stop_tokens, len(rows), target.config.vocab_size, device)
     generators = None if sampler.is_greedy else row_generators(seed, len(rows), device)
     stats = stats if stats is not None else SpeculativeStats()
 
-    modes = [(model, model.training) for model in (target, draft)]
-    try:
-        with torch.inference_mode():
-            return _decode(target.eval(), draft.eval(), rows, max_new_tokens, num_draft_tokens, sampler, stops,
-                           generators, stats)
-    finally:
-        for model, training in modes:
-            model.clear_cache()
-            model.train(training)
-
-
-def _shared_attention(a: Transformer, b: Transformer) -> bool:
-    """Whether two models share an attention layer (and so would share its KV-cache)."""
-    return bool({id(block.attn) for block in a.blocks} & {id(block.attn) for block in b.blocks})
+    end = max(map(len, rows)) + max_new_tokens
+    with torch.inference_mode(), decoding(target, len(rows), end, backend) as verifier, \
+            decoding(draft, len(rows), end, backend) as drafter:
+        return _decode(verifier, drafter, rows, max_new_tokens, num_draft_tokens, sampler, stops, generators, stats)
 
 
 def _decode(
-    target: Transformer,
-    draft: Transformer,
+    target: Decoder,
+    draft: Decoder,
     rows: list[list[int]],
     max_new_tokens: int,
     k: int,
@@ -146,7 +135,7 @@ def _decode(
     stats: SpeculativeStats,
 ) -> list[list[int]]:
     """The draft-then-verify loop over left-padded rows; returns each row's new tokens."""
-    device = target.tok_emb.weight.device
+    device = target.model.tok_emb.weight.device
     B, P = len(rows), max(len(r) for r in rows)
     end = P + max_new_tokens
 
@@ -155,8 +144,6 @@ def _decode(
     for row, ids in enumerate(rows):
         context[row, P - len(ids):P] = torch.tensor(ids, device=device)
     pad = torch.tensor([P - len(ids) for ids in rows], device=device) if any(len(r) < P for r in rows) else None
-    target.setup_cache(B, end)
-    draft.setup_cache(B, end)
 
     n = P  # committed slots: 0 .. n-1
     target_len = draft_len = 0  # slots each cache holds for the committed tokens (the first round prefills)
@@ -170,7 +157,7 @@ def _decode(
         start = draft_len
         for j in range(k_round):
             slot = n + j
-            logits = draft(context[:, start:slot].clamp(min=0), start=start, pad=pad, logits_to_keep=1)[:, -1]  # (B, V)
+            logits = draft.forward(context[:, start:slot].clamp(min=0), start, pad, logits_to_keep=1)[:, -1]  # (B, V)
             logits = sampler.filter(logits, context[:, :slot])
             if sampler.is_greedy:
                 context[:, slot] = logits.argmax(-1)
@@ -182,7 +169,7 @@ def _decode(
 
         # 2. The target scores the committed tail and every proposal in one forward: the logits at slots
         #    n-1 .. n+k_round-1 predict the tokens at n .. n+k_round.
-        logits = target(context[:, target_len:n + k_round].clamp(min=0), start=target_len, pad=pad)
+        logits = target.forward(context[:, target_len:n + k_round].clamp(min=0), target_len, pad)
         logits = logits[:, -(k_round + 1):]  # (B, k+1, V)
         proposals = context[:, n:n + k_round]  # (B, k)
         if sampler.is_greedy:

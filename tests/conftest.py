@@ -36,3 +36,14 @@ def tiny_recipe(root: Path, **trainer) -> dict:
 def tiny_model(preset: str = "gpt2-tiny", **overrides) -> armm.Transformer:
     """A small random model in eval mode (float32) for tests."""
     return armm.Transformer(armm.ModelConfig.from_name(preset, **overrides)).eval()
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend_without_timing(monkeypatch):
+    """``backend="auto"`` in tests: the native step wherever it runs, never a timing (which would make a test's
+    path depend on the machine's load) and never the user's stored choices; tests/test_backend_auto.py measures."""
+    from armm.backends import auto
+
+    monkeypatch.setattr(auto, "_choices", {})
+    monkeypatch.setattr(auto, "measure", lambda model, quantize, rows: "native")
+    monkeypatch.setattr(auto, "_save", lambda choices: None)

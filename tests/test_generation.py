@@ -76,10 +76,14 @@ def test_streaming_yields_the_same_tokens_step_by_step():
     assert streamed == whole
 
 
-def test_generation_restores_training_mode_and_frees_the_cache():
+def test_generation_restores_training_mode_and_leaves_no_state_on_the_model():
     model = tiny_model().train()
+    before = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    modules = [name for name, _ in model.named_modules()]
     armm.generate(model, [[1]], max_new_tokens=2)
-    assert model.training and not model.has_cache
+    assert model.training
+    assert {name: t for name, t in [*model.named_parameters(), *model.named_buffers()]} == before
+    assert [name for name, _ in model.named_modules()] == modules
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,5 @@
 """The Transformer: causality, KV-cache parity with a full forward pass, and batch invariance."""
 
-import copy
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -40,11 +38,9 @@ def test_changing_later_tokens_never_changes_earlier_logits(n_layer, n_head, kv_
 
 
 def _full_forward_logits(model, rows):
-    """Reference: each row alone, a full forward over its whole prefix, on an uncached copy of the model."""
-    reference = copy.deepcopy(model)
-    reference.clear_cache()
+    """Reference: each row alone, a full forward over its whole prefix, without a cache."""
     with torch.no_grad():
-        return [reference(torch.tensor([row]))[0, -1] for row in rows]
+        return [model(torch.tensor([row]))[0, -1] for row in rows]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -55,17 +51,16 @@ def test_cached_logits_equal_a_full_forward_at_every_step_for_ragged_prompts(pre
     pad = torch.tensor([P - len(p) for p in prompts])
     idx = torch.stack([torch.tensor([0] * (P - len(p)) + p) for p in prompts])
     rows = [list(p) for p in prompts]
-    model.setup_cache(B, P + steps)
+    cache = model.new_caches(B, P + steps)
     with torch.no_grad():
-        logits = model(idx, start=0, pad=pad)[:, -1]
+        logits = model(idx, cache=cache, start=0, pad=pad)[:, -1]
         for step in range(steps):
             reference = torch.stack(_full_forward_logits(model, rows))
             assert (logits - reference).abs().max() < 1e-4, f"step {step}"
             token = torch.randint(0, model.config.vocab_size, (B,))  # any continuation, not only greedy
             for row, t in zip(rows, token.tolist()):
                 row.append(t)
-            logits = model(token[:, None], start=P + step, pad=pad)[:, -1]
-    model.clear_cache()
+            logits = model(token[:, None], cache=cache, start=P + step, pad=pad)[:, -1]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -85,8 +80,8 @@ def test_chunked_prefill_equals_one_pass(preset):
     ids = torch.randint(0, 256, (2, 20))
     with torch.no_grad():
         full = model(ids)
-        model.setup_cache(2, 20)
-        first, second = model(ids[:, :13]), model(ids[:, 13:], start=13)
+        cache = model.new_caches(2, 20)
+        first, second = model(ids[:, :13], cache=cache), model(ids[:, 13:], cache=cache, start=13)
     torch.testing.assert_close(torch.cat([first, second], 1), full, rtol=0, atol=1e-4)
 
 
@@ -112,8 +107,29 @@ def test_forward_rejects_sequences_longer_than_the_context():
 
 
 def test_start_without_a_cache_is_an_error():
-    with pytest.raises(ValueError, match="setup_cache"):
+    with pytest.raises(ValueError, match="needs a KV-cache"):
         tiny_model()(torch.zeros(1, 1, dtype=torch.long), start=3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(start=-1), "start must be an integer cache slot >= 0, got -1"),
+    (dict(start=1.5), "start must be an integer cache slot >= 0"),
+    (dict(pad=torch.tensor([0, 1])), r"pad must be an integer tensor \[batch\] = \[1\]"),
+    (dict(pad=torch.tensor([0.5])), "pad must be an integer tensor"),
+    (dict(logits_to_keep=-1), "logits_to_keep must be an integer >= 0"),
+])
+def test_forward_refuses_bad_arguments_with_a_cache(kwargs, message):
+    model = tiny_model()
+    with torch.no_grad(), pytest.raises(ValueError, match=message):
+        model(torch.tensor([[1]]), cache=model.new_caches(1, 4), **kwargs)
+
+
+def test_forward_refuses_float_ids_and_a_cache_of_another_depth():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="idx must be an integer tensor"):
+        model(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="one KVCache per layer"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache=model.new_caches(1, 4)[:1])
 
 
 def test_tied_embeddings_share_one_tensor_and_llama_unties():
@@ -126,5 +142,4 @@ def test_grouped_query_attention_shrinks_the_kv_projection_and_cache():
     model = tiny_model("llama-tiny")  # 4 heads, 2 kv heads, head_dim 16
     c = model.config
     assert model.blocks[0].attn.qkv.out_features == (c.n_head + 2 * c.n_kv_head) * c.head_dim
-    model.setup_cache(3, 10)
-    assert model.blocks[0].attn.kv_cache.k.shape == (3, c.n_kv_head, 10, c.head_dim)
+    assert model.new_caches(3, 10)[0].k.shape == (3, c.n_kv_head, 10, c.head_dim)

@@ -1,0 +1,90 @@
+"""Decode backends: how a generation runs the model's forwards. The model itself is plain PyTorch.
+
+``generate``, ``speculative_generate``, ``score``, ``armm sample`` / ``chat`` / ``serve`` / ``inspect`` take
+``backend=`` one of:
+
+- ``auto`` (default): on the CPU, per shape class, the faster of ``native`` and ``eager`` as measured on this
+  machine (``armm.backends.auto``); elsewhere ``eager``;
+- ``eager``: the model's PyTorch forward (with packed or int8 weights on the CPU: ``armm.backends.eager``);
+- ``native``: armm's C decode step for short forwards on the CPU, PyTorch for the rest (``armm.backends.native``);
+- ``compiled``: the decode step under ``torch.compile``, CUDA graphs on a GPU (``armm.backends.compiled``).
+
+``quantize="int8"`` decodes from weight-only int8 copies where the backend supports it (``eager``, ``native``,
+``auto`` on the CPU). Each backend keeps what it prepares (packed or int8 copies, the native step's structs,
+compiled graphs) outside the model, keyed weakly by it, and every call gets its own KV-cache. Calls on one model
+take turns: ``decoding`` holds a per-model lock for the whole call, so two threads generating with one model
+run one after the other (different models run in parallel).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal, get_args
+
+from armm.backends.base import Decoder
+from armm.backends.eager import QUANTIZE, check_quantize
+from armm.model import Transformer
+
+Backend = Literal["auto", "eager", "native", "compiled"]
+Quantize = Literal["int8"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+_locks: weakref.WeakKeyDictionary[Transformer, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_lock = threading.Lock()
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def model_lock(model: Transformer) -> threading.RLock:
+    """The lock calls on ``model`` take turns with (re-entrant: a call may nest another on the same thread)."""
+    with _locks_lock:
+        return _locks.setdefault(model, threading.RLock())
+
+
+def open_decoder(model: Transformer, batch_size: int, max_len: int, backend: str = "auto",
+                 quantize: str | None = None) -> Decoder:
+    """A decoder with its own cache of ``batch_size`` rows and ``max_len`` slots, running ``backend``."""
+    check_backend(backend)
+    check_quantize(quantize)
+    cpu = model.tok_emb.weight.device.type == "cpu"
+    if backend == "compiled":
+        from armm.backends.compiled import CompiledDecoder  # torch.compile's import cost only when asked for
+
+        return CompiledDecoder(model, batch_size, max_len, quantize)
+    if backend == "eager" or not cpu:
+        from armm.backends.eager import EagerDecoder
+
+        return EagerDecoder(model, batch_size, max_len, quantize)
+    if backend == "native":
+        from armm.backends.native import NativeDecoder
+
+        return NativeDecoder(model, batch_size, max_len, quantize)
+    from armm.backends.auto import AutoDecoder
+
+    return AutoDecoder(model, batch_size, max_len, quantize)
+
+
+@contextmanager
+def decoding(model: Transformer, batch_size: int, max_len: int, backend: str = "auto",
+             quantize: str | None = None) -> Iterator[Decoder]:
+    """Hold the model's lock, put it in eval mode and give a decoder; the model's mode is restored afterwards.
+    Run it under ``torch.inference_mode`` (as a decorator on a generator, so that the mode is off between its steps)."""
+    check_backend(backend)
+    check_quantize(quantize)
+    with model_lock(model):
+        was_training = model.training
+        model.eval()
+        try:
+            yield open_decoder(model, batch_size, max_len, backend, quantize)
+        finally:
+            model.train(was_training)
+
+
+__all__ = ["BACKENDS", "QUANTIZE", "Backend", "Quantize", "Decoder", "check_backend", "decoding", "model_lock", "open_decoder"]

@@ -1,0 +1,121 @@
+"""The ``auto`` backend: on each CPU, the faster of the native step and PyTorch, measured, per shape class.
+
+Which path wins depends on the machine as much as on the model: on an AVX-512 EPYC the native step wins every
+forward up to ~32 rows, on an AVX2-only one PyTorch's packed matrix products win at batch 8 (figures in
+docs/performance.md). So ``auto`` does not guess. The first forward of a shape class (the rows of a forward,
+batch x tokens, rounded up to a power of two) times both paths on this model, alternating, and keeps the faster
+one; the choice is stored in ``$ARMM_CACHE_DIR/native/autotune.json`` under this CPU, thread count and model shape,
+so later processes reuse it. A measurement costs a few hundred milliseconds for a 30M-parameter model.
+Forwards of more than ``native.MAX_ROWS`` rows always run in PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from armm.backends import library
+from armm.backends.eager import EagerDecoder
+from armm.backends.native import MAX_ROWS, NativeDecoder, native_weights
+from armm.model import Transformer
+
+ROUNDS = 5  # timed forwards of each path per measurement (after one warm-up each); the median counts
+_lock = threading.Lock()
+_choices: dict[str, str] | None = None  # "cpu|threads|model|rows" → "native" or "eager", loaded once
+
+
+def choices_path() -> Path:
+    return library.cache_dir() / "autotune.json"
+
+
+def shape_class(rows: int) -> int:
+    """Rows rounded up to a power of two: the unit auto measures."""
+    return 1 << max(rows - 1, 0).bit_length()
+
+
+def key(model: Transformer, quantize: str | None, rows: int) -> str:
+    """What a choice depends on: the CPU (model and flags), the thread count, the model's shape and weights' format,
+    and the shape class."""
+    c = model.config
+    shape = (f"{c.n_layer}x{c.d_model} heads {c.n_head}/{c.n_kv_head}x{c.head_dim} ff {c.d_ff} vocab {c.vocab_size} "
+             f"{c.position} {c.norm} {c.mlp} bias {c.bias} tied {c.tie_embeddings} {quantize or 'float32'}")
+    cpu = hashlib.sha256(library.cpu_id().encode()).hexdigest()[:12]
+    return f"{cpu}|{torch.get_num_threads()} threads|{shape}|{shape_class(rows)} rows"
+
+
+def _load() -> dict[str, str]:
+    global _choices
+    if _choices is None:
+        try:
+            _choices = {k: v for k, v in json.loads(choices_path().read_text()).items() if v in ("native", "eager")}
+        except (OSError, ValueError, AttributeError):  # none yet, or damaged: measure again
+            _choices = {}
+    return _choices
+
+
+def _save(choices: dict[str, str]) -> None:
+    """Write the choices atomically (a concurrent process or a crash never leaves half a file); a read-only cache
+    folder only costs a measurement in the next process."""
+    path = choices_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as file:
+            json.dump(choices, file, indent=1, sort_keys=True)
+        os.replace(file.name, path)
+    except OSError:
+        pass
+
+
+def forget() -> None:
+    """Drop the choices loaded in this process (the next forward reads the file again)."""
+    global _choices
+    with _lock:
+        _choices = None
+
+
+@torch.inference_mode()
+def measure(model: Transformer, quantize: str | None, rows: int) -> str:
+    """Time a one-token forward of ``shape_class(rows)`` rows on both paths, in turn; the faster one's name."""
+    B, start = shape_class(rows), 16
+    native = NativeDecoder(model, B, start + 1, quantize, takes=lambda b, t: True)
+    eager = EagerDecoder(model, B, start + 1, quantize, cache=native.cache)
+    idx = torch.zeros(B, 1, dtype=torch.long)
+    times: dict[str, list[float]] = {"native": [], "eager": []}
+    for round_ in range(ROUNDS + 1):
+        for name, decoder in (("native", native), ("eager", eager))[::1 if round_ % 2 else -1]:
+            began = time.perf_counter()
+            decoder.forward(idx, start)
+            if round_:  # the first round warms up (the packed copy, the library's pages)
+                times[name].append(time.perf_counter() - began)
+    return min(times, key=lambda name: statistics.median(times[name]))
+
+
+def prefers_native(model: Transformer, quantize: str | None, rows: int) -> bool:
+    """Whether a forward of ``rows`` rows should run native on this CPU (measured once per shape class)."""
+    if rows > MAX_ROWS or native_weights(model, quantize == "int8") is None:
+        return False
+    name = key(model, quantize, rows)
+    with _lock:
+        choices = _load()
+        if name not in choices:
+            choices[name] = measure(model, quantize, rows)
+            _save(choices)
+        return choices[name] == "native"
+
+
+class AutoDecoder(NativeDecoder):
+    """The native decoder, with ``takes`` measured on this machine instead of fixed."""
+
+    name = "auto"
+
+    def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None) -> None:
+        super().__init__(model, batch_size, max_len, quantize,
+                         takes=lambda b, t: prefers_native(model, quantize, b * t))
