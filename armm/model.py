@@ -189,7 +189,7 @@ class Transformer(nn.Module):
         ``cache`` (from ``new_caches``) receives the keys and values of slots ``start .. start+T-1`` and supplies
         the earlier ones. ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (``[B, n, V]``;
         0 = all), as a prefill needs: the output layer is the largest matrix of a small model."""
-        check_forward_args(self.config, idx, cache, start, pad, logits_to_keep)
+        check_forward_args(self.config, idx, cache, start, pad, logits_to_keep, self.tok_emb.weight)
         B, T = idx.shape
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
@@ -225,7 +225,7 @@ class Transformer(nn.Module):
 
 
 def check_forward_args(config: ModelConfig, idx: Tensor, cache: list[KVCache] | None, start: int, pad: Tensor | None,
-                       logits_to_keep: int) -> None:
+                       logits_to_keep: int, weight: Tensor) -> None:
     """Refuse arguments ``Transformer.forward`` cannot honour, with an error that says what is allowed."""
     if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex:
         got = f"{idx.dtype} of shape {tuple(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
@@ -238,6 +238,10 @@ def check_forward_args(config: ModelConfig, idx: Tensor, cache: list[KVCache] | 
         raise ValueError("start > 0 needs a KV-cache holding the earlier slots: pass cache=model.new_caches(...)")
     if cache is not None and len(cache) != config.n_layer:
         raise ValueError(f"cache must hold one KVCache per layer ({config.n_layer}), got {len(cache)}")
+    if cache is not None and (cache[0].k.dtype, cache[0].k.device) != (weight.dtype, weight.device):
+        raise ValueError(f"the KV-cache is {cache[0].k.dtype} on {cache[0].k.device} but the model's weights are "
+                         f"{weight.dtype} on {weight.device} (the model was converted after the cache was made); "
+                         f"start a new generation")
     if pad is not None and (not isinstance(pad, Tensor) or pad.shape != (idx.size(0),) or pad.dtype.is_floating_point):
         got = f"{pad.dtype} of shape {tuple(pad.shape)}" if isinstance(pad, Tensor) else type(pad).__name__
         raise ValueError(f"pad must be an integer tensor [batch] = [{idx.size(0)}] of left-padding counts, got {got}")

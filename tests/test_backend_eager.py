@@ -1,5 +1,6 @@
-"""Decode-time weight formats (armm/linear.py): packed float32 equals plain, int8 stays close to float32 on a
-trained model, and a prepared copy is never used once its weight has changed."""
+"""The eager backend's weight formats (armm/backends/eager.py; int8 in the native step too): packed float32 equals the model's own forward, int8
+stays close to float32 on a trained model, a prepared copy is never used once its weight has changed, and the
+model itself is never touched."""
 
 import copy
 import pickle
@@ -9,97 +10,113 @@ import torch
 from pydoc_data.topics import topics
 
 import armm
-from armm.linear import Linear, quantize_int8, version_of
+from armm.backends.base import Decoder
+from armm.backends.eager import EagerDecoder, PreparedLinear, quantize_int8, twin
+from armm.backends.native import NativeDecoder
 from tests.conftest import tiny_model
 
 
-def _cached_logits(model: armm.Transformer, ids: torch.Tensor) -> torch.Tensor:
+def _cached_logits(model: armm.Transformer, ids: torch.Tensor, decoder: type[Decoder] = EagerDecoder,
+                   **kwargs) -> torch.Tensor:
     """Logits of every position, one token at a time through the KV-cache → [B, T, V]."""
     B, T = ids.shape
-    model.setup_cache(B, T)
-    try:
-        with torch.inference_mode():
-            return torch.cat([model(ids[:, t:t + 1], start=t) for t in range(T)], dim=1)
-    finally:
-        model.clear_cache()
+    with torch.inference_mode():
+        run = decoder(model, B, T, **kwargs)
+        return torch.cat([run.forward(ids[:, t:t + 1], t) for t in range(T)], dim=1)
+
+
+def _formats(decoder: EagerDecoder) -> set[str]:
+    return {m.fmt for m in decoder.runner.modules() if isinstance(m, PreparedLinear) and m.tensors}
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
-def test_packed_decoding_equals_plain_decoding_and_a_full_forward(preset):
+def test_packed_decoding_equals_the_models_own_forward(preset):
     torch.manual_seed(0)
     model = tiny_model(preset)
     ids = torch.randint(0, model.config.vocab_size, (3, 24))
     with torch.no_grad():
         full = model(ids)
-    model.decode_weights = "packed"
+    assert _formats(EagerDecoder(model, 1, 4)) == {"packed"}  # the packed path runs
     packed = _cached_logits(model, ids)
-    assert any(isinstance(m, Linear) and m.prepared is not None for m in model.modules())  # the packed path ran
-    model.decode_weights = "plain"
-    plain = _cached_logits(model, ids)
+    plain = _cached_logits(model, ids, Decoder)
     torch.testing.assert_close(packed, full, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(plain, full, rtol=1e-4, atol=1e-4)
     prompts = ids[:, :5].tolist()
-    model.decode_weights = "packed"
-    greedy_packed = armm.generate(model, prompts, max_new_tokens=15)
-    model.decode_weights = "plain"
-    assert greedy_packed == armm.generate(model, prompts, max_new_tokens=15)
+    assert armm.generate(model, prompts, max_new_tokens=15, backend="eager") == [
+        armm.generate(model, [p], max_new_tokens=15, backend="eager")[0] for p in prompts]
 
 
-@pytest.mark.parametrize("mode", ["packed", "int8"])
-def test_a_changed_weight_is_never_multiplied_through_a_stale_copy(mode):
+def test_the_model_keeps_its_own_modules_and_the_twin_shares_its_tensors():
+    model = tiny_model()
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    decoder = EagerDecoder(model, 1, 4)
+    assert [m for m in model.modules() if type(m) is torch.nn.Linear] == linears  # nothing swapped in the model
+    assert decoder.runner is not model
+    ours = {id(t) for t in (*model.parameters(), *model.buffers())}
+    assert {id(t) for t in (*decoder.runner.parameters(), *decoder.runner.buffers())} == ours
+    assert twin(model, "packed") is decoder.runner  # kept for the next generation
+
+
+@pytest.mark.parametrize("fmt", ["packed", "int8"])
+def test_a_changed_weight_is_never_multiplied_through_a_stale_copy(fmt):
     torch.manual_seed(0)
     model = tiny_model()
-    model.decode_weights = mode
-    model.setup_cache(1, 8)
-    model.clear_cache()
-    layer = model.blocks[0].mlp.fc
-    assert layer.prepared is not None
-    x = torch.randn(2, layer.in_features)
+    layer = twin(model, fmt).blocks[0].mlp.fc
+    assert layer.tensors
+    x = torch.randn(2, layer.source.in_features)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    layer.weight.grad = torch.ones_like(layer.weight)
+    model.blocks[0].mlp.fc.weight.grad = torch.ones_like(layer.source.weight)
     optimizer.step()  # an in-place update, as training does
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
-    model.setup_cache(1, 8)  # the next generation rebuilds the copy from the new weight
-    assert layer.prepared[1] == version_of(layer.weight)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.source.weight, layer.source.bias))
+    stale = layer.tensors
+    assert twin(model, fmt).blocks[0].mlp.fc.tensors is not stale  # the next generation prepares it again
 
 
-@pytest.mark.parametrize("mode", ["native", "packed", "int8"])
-def test_a_model_made_under_inference_mode_decodes_and_never_trusts_a_copy(mode):
+def test_a_replaced_parameter_rebuilds_the_twin():
+    model = tiny_model()
+    first = twin(model, "packed")
+    new = torch.nn.Parameter(model.blocks[0].mlp.fc.weight.detach() * 2)
+    model.blocks[0].mlp.fc.weight = new
+    second = twin(model, "packed")
+    assert second is not first and second.blocks[0].mlp.fc.source.weight is new
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(_cached_logits(model, ids), model(ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_model_made_under_inference_mode_decodes_and_never_trusts_a_copy(quantize):
     torch.manual_seed(0)
     reference = tiny_model()
-    reference.decode_weights = mode
     with torch.inference_mode():  # inference tensors count no versions
         model = tiny_model()
         model.load_state_dict(reference.state_dict())
-        model.decode_weights = mode
-        assert armm.generate(model, [[1, 2, 3]], max_new_tokens=8) == armm.generate(reference, [[1, 2, 3]],
-                                                                                      max_new_tokens=8)
-        layer = model.blocks[0].mlp.fc
-        layer.weight.mul_(-1)  # changed in place, where no version counter sees it
-        x = torch.randn(2, layer.in_features)
-        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    kwargs = dict(max_new_tokens=8, backend="eager", quantize=quantize)
+    assert armm.generate(model, [[1, 2, 3]], **kwargs) == armm.generate(reference, [[1, 2, 3]], **kwargs)
+    layer = twin(model, quantize or "packed").blocks[0].mlp.fc
+    with torch.inference_mode():
+        layer.source.weight.mul_(-1)  # changed in place, where no version counter sees it
+        x = torch.randn(2, layer.source.in_features)
+        torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.source.weight, layer.source.bias))
 
 
 def test_training_never_uses_a_prepared_copy():
     torch.manual_seed(0)
     model = tiny_model()
-    model.decode_weights = "int8"
-    model.setup_cache(1, 8)
-    model.clear_cache()
+    runner = EagerDecoder(model, 1, 8, quantize="int8").runner
     x = torch.randint(0, model.config.vocab_size, (2, 8))
-    loss = model(x).logsumexp(-1).mean()
+    loss = runner(x).logsumexp(-1).mean()
     loss.backward()  # the int8 kernel has no gradient: this works only through the float weights
     assert model.blocks[0].attn.qkv.weight.grad is not None
 
 
-def test_models_with_prepared_copies_can_be_copied_and_pickled():
+def test_models_that_decoded_can_be_copied_and_pickled():
     model = tiny_model()
-    model.setup_cache(1, 8)  # packed oneDNN tensors cannot be copied themselves
-    clone = copy.deepcopy(model)
-    assert all(m.prepared is None for m in clone.modules() if isinstance(m, Linear))
+    expected = armm.generate(model, [[1, 2]], max_new_tokens=5, backend="eager")
+    clone = copy.deepcopy(model)  # oneDNN's packed tensors cannot be copied: none is on the model
     assert pickle.loads(pickle.dumps(clone)).config == model.config
-    model.clear_cache()
+    assert armm.generate(clone, [[1, 2]], max_new_tokens=5, backend="eager") == expected
 
 
 def test_int8_quantisation_is_symmetric_per_output_row():
@@ -111,11 +128,14 @@ def test_int8_quantisation_is_symmetric_per_output_row():
     assert (error <= scales.float()[:, None] * 0.51 + 1e-2 * weight.abs()).all()  # half a step, plus bf16 scales
 
 
-def test_an_unknown_decode_weights_mode_is_refused():
+def test_unknown_backends_and_formats_are_refused():
     model = tiny_model()
-    model.decode_weights = "fp8"
-    with pytest.raises(ValueError, match="decode_weights must be one of native, plain, packed, int8"):
-        model.setup_cache(1, 8)
+    with pytest.raises(ValueError, match="backend must be one of auto, eager, native, compiled, got 'fast'"):
+        armm.generate(model, [[1]], max_new_tokens=2, backend="fast")
+    with pytest.raises(ValueError, match="quantize must be None .* or 'int8', got 'fp8'"):
+        armm.generate(model, [[1]], max_new_tokens=2, quantize="fp8")
+    with pytest.raises(ValueError, match="int8 weights decode on the CPU from float32 or bfloat16"):
+        EagerDecoder(model.to(torch.float64), 1, 4, quantize="int8")
 
 
 @pytest.fixture(scope="module")
@@ -137,23 +157,20 @@ def trained_model() -> tuple[armm.Transformer, torch.Tensor]:
     return model.eval(), data[-4096:]
 
 
-def test_int8_logits_and_greedy_tokens_stay_close_to_float32_on_a_trained_model(trained_model):
+@pytest.mark.parametrize("backend", ["eager", "native"])
+def test_int8_logits_and_greedy_tokens_stay_close_to_float32_on_a_trained_model(trained_model, backend):
     """Stated tolerance: logits within 0.1 (about 3% of their spread) and the same argmax at >= 95% of
     teacher-forced positions; greedy continuations agree on average over >= 90% of their tokens."""
     model, held_out = trained_model
     ids = held_out[:8 * 64].reshape(8, 64)
-    model.decode_weights = "plain"
-    reference = _cached_logits(model, ids)
-    model.decode_weights = "int8"
-    quantized = _cached_logits(model, ids)
+    reference = _cached_logits(model, ids, Decoder)
+    quantized = _cached_logits(model, ids, EagerDecoder if backend == "eager" else NativeDecoder, quantize="int8")
     assert (quantized - reference).abs().max() < 0.1
     assert (quantized.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.95
     assert not torch.equal(quantized, reference)  # the int8 path really ran
 
     prompts = held_out[4096 - 8 * 16:].reshape(8, 16).tolist()
-    model.decode_weights = "int8"
-    int8_tokens = armm.generate(model, prompts, max_new_tokens=24)
-    model.decode_weights = "plain"
-    float_tokens = armm.generate(model, prompts, max_new_tokens=24)
+    int8_tokens = armm.generate(model, prompts, max_new_tokens=24, backend=backend, quantize="int8")
+    float_tokens = armm.generate(model, prompts, max_new_tokens=24, backend="eager")
     agreement = [sum(a == b for a, b in zip(x, y)) / 24 for x, y in zip(int8_tokens, float_tokens)]
     assert sum(agreement) / len(agreement) >= 0.9

@@ -55,7 +55,7 @@ class CompiledStep:
         self.slot.fill_(slot)  # a kernel on the GPU, not a host-to-device copy that would wait for the queue
         torch.compiler.cudagraph_mark_step_begin()
         # A CUDA graph's output lives in memory its next replay overwrites: the caller gets its own copy.
-        return self.step(model, self.tokens, self.slot, pad).clone()
+        return self.step(model, self.tokens, self.slot, pad, self.cache).clone()
 
 
 _steps: weakref.WeakKeyDictionary[Transformer, dict[int, CompiledStep]] = weakref.WeakKeyDictionary()
