@@ -242,6 +242,18 @@ def check_forward_args(config: ModelConfig, idx: Tensor, cache: list[KVCache] | 
         raise ValueError(f"the KV-cache is {cache[0].k.dtype} on {cache[0].k.device} but the model's weights are "
                          f"{weight.dtype} on {weight.device} (the model was converted after the cache was made); "
                          f"start a new generation")
-    if pad is not None and (not isinstance(pad, Tensor) or pad.shape != (idx.size(0),) or pad.dtype.is_floating_point):
+    if pad is not None:
+        check_pad(pad, idx.size(0), start + idx.size(1))
+
+
+def check_pad(pad: Tensor, batch_size: int, end: int) -> None:
+    """``pad`` must be an integer tensor ``[batch_size]``; on the CPU (where checking costs no device sync) each row's
+    padding must also leave its last token, at slot ``end - 1``, real: ``0 <= pad < end``."""
+    if not isinstance(pad, Tensor) or pad.shape != (batch_size,) or pad.dtype.is_floating_point or pad.is_complex():
         got = f"{pad.dtype} of shape {tuple(pad.shape)}" if isinstance(pad, Tensor) else type(pad).__name__
-        raise ValueError(f"pad must be an integer tensor [batch] = [{idx.size(0)}] of left-padding counts, got {got}")
+        raise ValueError(f"pad must be an integer tensor [batch] = [{batch_size}] of left-padding counts, got {got}")
+    if pad.device.type == "cpu" and batch_size:
+        low, high = pad.aminmax()
+        if low < 0 or high >= end:
+            raise ValueError(f"pad must count padding slots before each row's last token: 0 <= pad < start + T "
+                             f"= {end}, got {pad.tolist()}")

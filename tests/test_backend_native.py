@@ -219,8 +219,8 @@ def test_int32_tokens_and_padding_read_as_int64():
     ((torch.tensor([[1], [1]]), -1), ValueError, "start must be an integer cache slot >= 0, got -1"),
     ((torch.tensor([[1], [1]]), 2, torch.tensor([-5, 0])), ValueError, r"0 <= pad < start \+ T = 3, got \[-5, 0\]"),
     ((torch.tensor([[1], [1]]), 2, torch.tensor([0, 3])), ValueError, r"0 <= pad < start \+ T"),
-    ((torch.tensor([[1], [1]]), 2, torch.tensor([0])), ValueError, r"pad must be an integer CPU tensor \[batch\] = \[2\]"),
-    ((torch.tensor([[1], [1]]), 2, torch.tensor([0.0, 1.0])), ValueError, "pad must be an integer CPU tensor"),
+    ((torch.tensor([[1], [1]]), 2, torch.tensor([0])), ValueError, r"pad must be an integer tensor \[batch\] = \[2\]"),
+    ((torch.tensor([[1], [1]]), 2, torch.tensor([0.0, 1.0])), ValueError, "pad must be an integer tensor"),
     ((torch.tensor([[1.0], [1.0]]), 0), ValueError, "idx must be an integer"),
 ])
 def test_bad_steps_raise_instead_of_reading_out_of_bounds(args, error, message, native_calls):

@@ -285,15 +285,16 @@ def syntax_error(tmp: Path) -> None:
     get_template(str(tmp / "broken.jinja"))
 
 
+def stale_cache() -> None:
+    model = tiny_model()
+    cache = model.new_caches(1, 4)
+    model.bfloat16()(torch.tensor([[1]]), cache=cache)
+
+
 def registered_twice() -> None:
     registry = Registry("tokenizer")
     registry.add("x", object, provider="armm-x")
     registry.add("x", object, provider="armm-x-fork")
-
-
-def _with_decode_weights(model: armm.Transformer, mode: str) -> armm.Transformer:
-    model.decode_weights = mode
-    return model
 
 
 API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
@@ -328,8 +329,14 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
                      "stride must be in [1, max_seq_len - 1]"),
     "logits-to-keep": (lambda tmp: tiny_model()(torch.tensor([[1, 2]]), logits_to_keep=-1), ValueError,
                        "logits_to_keep must be an integer >= 0"),
-    "decode-weights": (lambda tmp: _with_decode_weights(tiny_model(), "fp8").setup_cache(1, 4), ValueError,
-                       "decode_weights must be one of native, plain, packed, int8, got 'fp8'"),
+    "backend": (lambda tmp: armm.generate(tiny_model(), [[1]], max_new_tokens=1, backend="fast"), ValueError,
+                "backend must be one of auto, eager, native, compiled, got 'fast'"),
+    "quantize": (lambda tmp: armm.generate(tiny_model(), [[1]], max_new_tokens=1, quantize="fp8"), ValueError,
+                 "quantize must be None (the model's own weights) or 'int8', got 'fp8'"),
+    "forward-start": (lambda tmp: tiny_model()(torch.tensor([[1]]), start=-1), ValueError,
+                      "start must be an integer cache slot >= 0, got -1"),
+    "cache-dtype": (lambda tmp: stale_cache(), ValueError,
+                    "the KV-cache is torch.float32 on cpu but the model's weights are torch.bfloat16 on cpu"),
     "config-inconsistent": (lambda tmp: armm.ModelConfig(d_model=100, n_head=3), ValueError,
                             "d_model (100) must be divisible by n_head (3)"),
     "config-bad-choice": (lambda tmp: armm.ModelConfig(position="alibi"), ValueError,

@@ -116,6 +116,7 @@ def test_start_without_a_cache_is_an_error():
     (dict(start=1.5), "start must be an integer cache slot >= 0"),
     (dict(pad=torch.tensor([0, 1])), r"pad must be an integer tensor \[batch\] = \[1\]"),
     (dict(pad=torch.tensor([0.5])), "pad must be an integer tensor"),
+    (dict(pad=torch.tensor([-1])), r"0 <= pad < start \+ T = 1, got \[-1\]"),
     (dict(logits_to_keep=-1), "logits_to_keep must be an integer >= 0"),
 ])
 def test_forward_refuses_bad_arguments_with_a_cache(kwargs, message):

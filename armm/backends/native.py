@@ -33,7 +33,7 @@ from armm.backends.base import Decoder
 from armm.backends.eager import EagerDecoder, check_quantize, twin, version_of
 from armm.backends.library import FLOAT_P, INT8_P, MATRICES, LayerStruct, ModelStruct
 from armm.kv_cache import KVCache
-from armm.model import Transformer
+from armm.model import Transformer, check_pad
 
 MAX_ROWS = 64  # forwards of more rows (batch x tokens) always run in PyTorch: its matrix products win there
 
@@ -211,15 +211,10 @@ class NativeDecoder(Decoder):
             raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         idx = idx if idx.dtype == torch.int64 and idx.stride(-1) == 1 else idx.long().contiguous()
         if pad is not None:
-            if not isinstance(pad, Tensor) or pad.shape != (B,) or pad.dtype.is_floating_point or \
-                    pad.device.type != "cpu":
-                got = f"{pad.dtype} {tuple(pad.shape)} on {pad.device}" if isinstance(pad, Tensor) else repr(pad)
-                raise ValueError(f"pad must be an integer CPU tensor [batch] = [{B}] of left-padding counts, got {got}")
+            check_pad(pad, B, start + T)
+            if pad.device.type != "cpu":
+                raise ValueError(f"pad must be on the CPU, as the model is; got a tensor on {pad.device}")
             pad = pad.long().contiguous()
-            low, high = pad.aminmax()
-            if low < 0 or high >= start + T:
-                raise ValueError(f"pad must count padding slots before each row's last token: 0 <= pad < start + T "
-                                 f"= {start + T}, got {pad.tolist()}")
         return idx, pad, min(logits_to_keep, T) or T
 
     def _struct(self, weights: NativeWeights) -> ModelStruct:
