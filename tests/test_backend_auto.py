@@ -12,6 +12,7 @@ from armm.backends.native import MAX_ROWS, NativeDecoder
 from tests.conftest import tiny_model
 
 pytestmark = pytest.mark.skipif(not library.available(), reason="no C compiler: auto is eager here")
+REAL_SAVE = auto._save  # as imported, before conftest's stub
 
 
 @pytest.fixture
