@@ -13,18 +13,19 @@ It prints these tables:
 
 1. Greedy throughput, prompt 16 tokens, 256 new tokens, batch 1 and 8: tokens/s of each, the ratio armm /
    transformers, and whether both produced identical tokens (checked here, not assumed). armm decodes with
-   its default path (``native``: the whole float32 decode step in one call of armm's C step, ``armm.native``).
-2. armm's decode paths side by side (``native``; ``int8``, the native step on weight-only int8 copies; PyTorch
-   with ``plain`` float32 weights as training uses them, and with ``packed`` weights in oneDNN's layout), whether
-   native and plain drew the same tokens, and how many int8 tokens equal the float32 ones. The models are random,
+   its default backend, ``auto``: per shape class, the faster of armm's native C step and PyTorch with packed
+   weights, as measured on this machine (``armm.backends.auto``; its warm-up run measures).
+2. armm's backends side by side (``auto``; ``native``, the C step for every short forward; ``eager``, PyTorch with
+   packed weights; both again with weight-only ``int8`` copies), which path auto chose for a decode step, whether
+   native and eager drew the same tokens, and how many int8 tokens equal the float32 ones. The models are random,
    so their next-token distributions are nearly flat and int8 noise flips many argmaxes; on a trained model greedy
-   int8 tokens stay close to float32 (tests/test_linear.py states the tolerance).
+   int8 tokens stay close to float32 (tests/test_backend_eager.py states the tolerance).
 3. The physical floor of batch-1 decoding: bytes of weights read per token divided by this machine's memory
    read bandwidth, and armm's ms/token as a multiple of it. The bandwidth is measured here, each pass by the
    faster of torch's ``sum()`` and a C read loop with software prefetch (``bench/membw.py``), twice per round: the
    peak (best of five 1 GiB passes right before the generation) and the mean during the generation (a 256 MB pass
    after every 16 tokens, timed apart from them), because a shared machine's bandwidth changes within seconds.
-4. With ``--compile``: ``armm.generate(..., compile=True)`` (the static-shape decode step under ``torch.compile``;
+4. With ``--compile``: ``armm.generate(..., backend="compiled")`` (the static-shape decode step under ``torch.compile``;
    CUDA graphs on a GPU): the cost of its first call and its steady-state speed, against armm's eager decoding
    (on the CPU, the native step).
 5. ms/token at early (~50) and late (~1000) positions (each model, batch 1), for both: a prompt fills the cache
@@ -32,8 +33,9 @@ It prints these tables:
    order every other round), ``--position-rounds`` rounds. The late/early ratio shows whether anything recomputes
    the prefix; the bound beside it is what reading the cache at the weights' rate would cost.
 
-On a GPU (``--device cuda``, as ``bench/gpu.sh`` runs it) armm decodes with ``compile=True`` in every table, the
-path its docs recommend there; on the CPU with its eager default, the native step.
+Every table is printed under the CPU's model name and vector flags (``tables.cpu_summary``): which path wins
+depends on them. On a GPU (``--device cuda``, as ``bench/gpu.sh`` runs it) armm decodes with ``backend="compiled"``
+in every table, the path its docs recommend there; on the CPU with its default, ``auto``.
 
 Both sides run under ``torch.inference_mode`` with the same number of threads; timings alternate
 between the two (A, B, A, B, …) so a noisy machine slows both alike, and each figure is the median of
@@ -57,10 +59,18 @@ import torch
 
 import armm
 from armm import ModelConfig, Transformer
+from armm.backends import auto, compiled, library
 from armm.hf import export_hf, load_hf
-from armm.linear import DECODE_WEIGHTS as FORMATS
 from membw import ReadProbe, sync  # bench/membw.py (this folder is on sys.path)
-from tables import print_table
+from tables import cpu_summary, print_table
+
+PATHS = [("auto", None), ("native", None), ("eager", None), ("native", "int8"), ("eager", "int8")]  # table 2
+
+
+def table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """A table under its title and the CPU it was measured on."""
+    print(f"{title}\n{cpu_summary()}, {torch.get_num_threads()} threads\n")
+    print_table(headers, rows)
 
 
 @dataclass
@@ -118,16 +128,20 @@ def build_pairs(names: list[str], max_len: int, folder: Path) -> list[Pair]:
 
 
 # --- the two generation paths ------------------------------------------------------------------------------------
-COMPILE = False  # armm.generate(compile=...) for the tables; main() sets it True on a GPU
+BACKEND = "auto"  # armm's backend for the tables; main() sets "compiled" on a GPU
 
 
-def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str = "native",
-                  compile: bool | None = None) -> torch.Tensor:
-    """``armm.generate``, greedy, decoding with the weight format ``weights`` (see ``armm.linear``)."""
-    model.decode_weights = weights
-    compile = COMPILE if compile is None else compile
+def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, backend: str | None = None,
+                  quantize: str | None = None) -> torch.Tensor:
+    """``armm.generate``, greedy, with ``backend`` (default: ``BACKEND``) and ``quantize`` (``armm.backends``)."""
     return torch.tensor(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, sampler="greedy",
-                                      compile=compile))
+                                      backend=backend or BACKEND, quantize=quantize))
+
+
+def auto_choice(model: Transformer, rows: int) -> str:
+    """The path auto takes for a forward of ``rows`` rows on this machine (measured if not yet)."""
+    with torch.inference_mode():
+        return "native" if auto.prefers_native(model, None, rows) else "eager"
 
 
 @torch.inference_mode()
@@ -163,11 +177,10 @@ def same_tokens(a: torch.Tensor, b: torch.Tensor) -> str:
 
 # --- per-step timings ---------------------------------------------------------------------------------------------
 def armm_step_times(model: Transformer, prompt: torch.Tensor, new_tokens: int) -> list[float]:
-    """Seconds between consecutive tokens of one streamed greedy generation (armm's default decode path)."""
-    model.decode_weights = "native"
+    """Seconds between consecutive tokens of one streamed greedy generation (armm's default backend)."""
     stamps = [time.perf_counter()]
     for _ in armm.generate(model, prompt.tolist(), max_new_tokens=new_tokens, sampler="greedy", stream=True,
-                           compile=COMPILE):
+                           backend=BACKEND):
         stamps.append(time.perf_counter())
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
@@ -187,16 +200,15 @@ def hf_step_times(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int)
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def decode_between_probes(model: Transformer, prompts: torch.Tensor, new_tokens: int, weights: str,
+def decode_between_probes(model: Transformer, prompts: torch.Tensor, new_tokens: int, quantize: str | None,
                           reader: ReadProbe, probe: torch.Tensor, every: int = 16) -> tuple[float, float]:
     """One greedy generation with a read of ``probe`` after every ``every`` tokens → (ms per token without the
     probes, the probes' mean read bandwidth in bytes/s): both measured over the same seconds."""
-    model.decode_weights = weights
     decoding = probing = 0.0
     passes = 0
     start = time.perf_counter()
     for i, _ in enumerate(armm.generate(model, prompts.tolist(), max_new_tokens=new_tokens, stream=True,
-                                        compile=COMPILE)):
+                                        backend=BACKEND, quantize=quantize)):
         if (i + 1) % every == 0:
             now = time.perf_counter()
             decoding += now - start
@@ -220,13 +232,13 @@ def main() -> None:
                         help="rounds of the position table (early and late in turn; the median is shown)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time armm.generate(compile=True) against eager: compile cost, steady state")
+                        help="also time backend='compiled' against the default: compile cost, steady state")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    global COMPILE
-    COMPILE = device.type == "cuda"  # on a GPU: the static-shape step as CUDA graphs
+    global BACKEND
+    BACKEND = "compiled" if device.type == "cuda" else "auto"  # on a GPU: the static-shape step as CUDA graphs
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -238,8 +250,8 @@ def main() -> None:
           f"python {platform.python_version()}, {platform.machine()}, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
           f"1-min load average {load:.2f} on {os.cpu_count()} CPUs; native decode step: "
-          f"{'built' if armm.native.available() else 'NOT available (armm decodes in PyTorch)'}; armm decodes with "
-          f"{'generate(compile=True): CUDA graphs' if COMPILE else 'its eager default'}")
+          f"{'built' if library.available() else 'NOT available (armm decodes in PyTorch)'}; armm decodes with "
+          f"backend={BACKEND!r}\n{cpu_summary()}")
 
     with tempfile.TemporaryDirectory() as folder:
         pairs = build_pairs(args.models, args.max_seq_len, Path(folder))
@@ -266,26 +278,28 @@ def main() -> None:
                          same_tokens(a_out, h_out)])
             print(f"  {pair.name} batch {batch}: armm {a_sec:.2f} s, transformers {h_sec:.2f} s", flush=True)
     print()
-    print_table(["model", "batch", "armm tok/s", "transformers tok/s", "armm / transformers", "armm ms/step",
-                 "transformers ms/step", "identical tokens"], rows)
+    table(f"armm (backend={BACKEND!r}) against transformers, greedy:",
+          ["model", "batch", "armm tok/s", "transformers tok/s", "armm / transformers", "armm ms/step",
+           "transformers ms/step", "identical tokens"], rows)
 
-    # 2. decode weight formats (CPU kernels)
+    # 2. armm's backends side by side (CPU kernels)
     rows = []
     for pair in pairs if device.type == "cpu" else []:
         for batch in args.batch_sizes:
             prompts = torch.randint(0, pair.armm.config.vocab_size, (batch, args.prompt_len), generator=gen)
             n = args.new_tokens
-            seconds, outputs = alternate([lambda w=w: armm_generate(pair.armm, prompts, n, w) for w in FORMATS],
+            seconds, outputs = alternate([lambda p=p: armm_generate(pair.armm, prompts, n, *p) for p in PATHS],
                                          args.repeats)
-            sec, out = dict(zip(FORMATS, seconds)), dict(zip(FORMATS, outputs))
-            cells = [f"{batch * n / sec[w]:,.0f}" for w in FORMATS]
-            rows.append([pair.name, str(batch), *cells, f"{sec['plain'] / sec['native']:.2f}x",
-                         f"{sec['packed'] / sec['native']:.2f}x", same_tokens(out["native"], out["plain"]),
-                         f"{(out['int8'] == out['plain']).float().mean():.0%}"])
+            sec, out = dict(zip(PATHS, seconds)), dict(zip(PATHS, outputs))
+            cells = [f"{batch * n / sec[p]:,.0f}" for p in PATHS]
+            native, eager = out["native", None], out["eager", None]
+            rows.append([pair.name, str(batch), *cells, auto_choice(pair.armm, batch),
+                         f"{sec['eager', None] / sec['native', None]:.2f}x", same_tokens(native, eager),
+                         f"{(out['native', 'int8'] == eager).float().mean():.0%}"])
     if rows:
-        print("armm's decode paths (armm.native, armm.linear), tokens/s:")
-        print_table(["model", "batch", *FORMATS, "native / plain", "native / packed", "native tokens = plain tokens",
-                     "int8 tokens = float32 tokens"], rows)
+        table("armm's backends (armm.backends), greedy, tokens/s:",
+              ["model", "batch", *(f"{b}{' int8' if q else ''}" for b, q in PATHS), "auto's step",
+               "native / eager", "native tokens = eager tokens", "int8 tokens = float32 tokens"], rows)
 
     # 3. the bandwidth floor, measured side by side with batch-1 decoding. This machine's bandwidth is not constant
     #    (other tenants): it switches between about 42 and 75 GB/s within seconds. So each round measures it twice:
@@ -300,15 +314,15 @@ def main() -> None:
     for pair in pairs:
         size = pair.armm.tok_emb.weight.element_size()
         prompts = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
-        for label, weights, bytes_per_weight in ((args.dtype, "native", size), ("int8", "int8", 1)):
-            if weights == "int8" and device.type != "cpu":
+        for label, quantize, bytes_per_weight in ((args.dtype, None, size), ("int8", "int8", 1)):
+            if quantize == "int8" and device.type != "cpu":
                 continue  # int8 runs on the CPU only; on a GPU, decode in bfloat16 (--dtype)
             weight_bytes = pair.weight_bytes // size * bytes_per_weight
-            armm_generate(pair.armm, prompts, args.new_tokens, weights)  # warm-up
+            armm_generate(pair.armm, prompts, args.new_tokens, quantize=quantize)  # warm-up
             rounds = []
             for _ in range(args.repeats):
                 peak = reader.peak(probe)
-                ms, during = decode_between_probes(pair.armm, prompts, args.new_tokens, weights, reader,
+                ms, during = decode_between_probes(pair.armm, prompts, args.new_tokens, quantize, reader,
                                                    probe[:2**26])
                 rounds.append((ms / (weight_bytes / during * 1e3), ms, peak, during))
             _, ms, peak, during = sorted(rounds)[len(rounds) // 2]  # the median round
@@ -317,31 +331,30 @@ def main() -> None:
                          f"{during / 1e9:.1f}", f"{weight_bytes / during * 1e3:.2f}",
                          f"**{ms / (weight_bytes / during * 1e3):.2f}x**"])
     del probe
-    print(f"batch 1 against the bandwidth floor; the median of {args.repeats} rounds (by armm / floor during):")
-    print_table(["model", "weights", "weights read / token (MB)", "armm ms/token", "peak GB/s", "floor ms",
-                 "armm / floor (peak)", "GB/s during", "floor ms (during)", "armm / floor (during)"], rows)
+    table(f"batch 1 against the bandwidth floor; the median of {args.repeats} rounds (by armm / floor during):",
+          ["model", "weights", "weights read / token (MB)", "armm ms/token", "peak GB/s", "floor ms",
+           "armm / floor (peak)", "GB/s during", "floor ms (during)", "armm / floor (during)"], rows)
 
-    # 4. generate(compile=True), opt-in: does it pay?
+    # 4. backend="compiled", opt-in: does it pay?
     if args.compile:
         rows = []
         for pair in pairs:
             prompts = torch.randint(0, pair.armm.config.vocab_size, (1, args.prompt_len), generator=gen)
             n = args.new_tokens
-            pair.armm.compiled_decoders.clear()
+            compiled._steps.pop(pair.armm, None)
             start = time.perf_counter()
-            armm_generate(pair.armm, prompts, n, compile=True)  # compiles the decode step (and records CUDA graphs)
+            armm_generate(pair.armm, prompts, n, "compiled")  # compiles the decode step (and records CUDA graphs)
             sync(device)
             first = time.perf_counter() - start
-            (eager, steady), (a, b) = alternate([lambda: armm_generate(pair.armm, prompts, n, compile=False),
-                                                 lambda: armm_generate(pair.armm, prompts, n, compile=True)],
+            (eager, steady), (a, b) = alternate([lambda: armm_generate(pair.armm, prompts, n, "auto"),
+                                                 lambda: armm_generate(pair.armm, prompts, n, "compiled")],
                                                 args.repeats)
             rows.append([pair.name, f"{first:.1f}", f"{eager / n * 1e3:.2f}", f"{steady / n * 1e3:.2f}",
                          f"{eager / steady:.2f}x", f"{first / max(eager - steady, 1e-9) * n:,.0f}" if eager > steady
                          else "never", same_tokens(a, b)])
-        eager_path = "its native step" if device.type == "cpu" and armm.native.available() else "PyTorch"
-        print(f"armm.generate(compile=True), batch 1 (eager, armm decodes with {eager_path}):")
-        print_table(["model", "first call s (compile)", "eager ms/token", "compiled ms/token", "speed-up",
-                     "tokens to repay the compile", "identical tokens"], rows)
+        table("backend='compiled', batch 1, against backend='auto':",
+              ["model", "first call s (compile)", "eager ms/token", "compiled ms/token", "speed-up",
+               "tokens to repay the compile", "identical tokens"], rows)
 
     # 5. early and late positions, interleaved: a decode step with ~50 and with ~1000 positions in the cache, each
     #    measured on a prompt that fills the cache up to there, in turn, so that a change of the machine's state hits
@@ -369,11 +382,11 @@ def main() -> None:
                 early, late = (statistics.median(runs[label, position][1:]) for position in prompts)
                 rows.append([pair.name, label, f"{early:.2f}", f"{late:.2f}", f"{late / early:.2f}x",
                              f"{cache_mb / 1e6:.1f}", f"{bound:.2f}x"])
-        print(f"batch 1: ms per decode step with ~50 and ~{args.late} positions in the cache (a prompt of position - "
+        table(f"batch 1: ms per decode step with ~50 and ~{args.late} positions in the cache (a prompt of position - "
               f"{window // 2} tokens, then {window} steps; the median step), median of {args.position_rounds} rounds, "
-              "early and late in turn; the bound is 1 + cache bytes / weight bytes")
-        print_table(["model", "library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early",
-                     f"cache read @ ~{args.late} (MB)", "bound"], rows)
+              "early and late in turn; the bound is 1 + cache bytes / weight bytes",
+              ["model", "library", "ms/token @ ~50", f"ms/token @ ~{args.late}", "late / early",
+               f"cache read @ ~{args.late} (MB)", "bound"], rows)
 
 
 if __name__ == "__main__":

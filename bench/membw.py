@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from armm import native
+from armm.backends import library
 
 
 def sync(device: torch.device) -> None:
@@ -25,12 +25,12 @@ class ReadProbe:
 
     def __init__(self) -> None:
         self.lib = None
-        compiler = native._compiler()
+        compiler = library._compiler()
         if compiler is None:
             return
         with tempfile.TemporaryDirectory(prefix="armm-membw-") as folder:  # a loaded library outlives its file
             built = Path(folder) / "read_bandwidth.so"
-            result = subprocess.run([compiler, *native.FLAGS, str(Path(__file__).with_name("read_bandwidth.c")),
+            result = subprocess.run([compiler, *library.FLAGS, str(Path(__file__).with_name("read_bandwidth.c")),
                                      "-o", str(built)], capture_output=True, text=True)
             if result.returncode == 0:
                 self.lib = ctypes.CDLL(str(built))

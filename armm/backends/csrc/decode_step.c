@@ -46,16 +46,28 @@ typedef struct {
 /* One weight matrix [out, in]: float32, or int8 with a float32 scale per output row when q is not NULL. */
 typedef struct { const float *w; const int8_t *q; const float *scale; } Matrix;
 
-/* 16 floats, loaded from and stored to any float address (GCC/Clang vector extensions; without AVX-512 the
- * compiler splits them into narrower registers). */
-typedef float f32x16 __attribute__((vector_size(64), aligned(4), may_alias));
+/* VLEN floats, loaded from and stored to any float address (GCC/Clang vector extensions): one register where the
+ * CPU has 512-bit vectors, two 256-bit ones elsewhere. A vector type wider than that (16 floats on an AVX2-only CPU)
+ * is not split into registers cleanly: GCC moved it through the stack, and the four-row kernel below ran ~4x slower
+ * than one row at a time (docs/performance.md). */
+#if defined(__AVX512F__)
+#define VLEN 16
+#else
+#define VLEN 8
+#endif
+typedef float vecf __attribute__((vector_size(VLEN * 4), aligned(4), may_alias));
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x4 __attribute__((vector_size(16)));
 
-/* The sum of the 16 lanes, as a tree: halves added to halves. */
-static inline float sum16(f32x16 v) {
-    union { f32x16 whole; f32x8 half[2]; } a = {v};
-    union { f32x8 whole; f32x4 half[2]; } b = {a.half[0] + a.half[1]};
+/* The sum of the VLEN lanes, as a tree: halves added to halves. */
+static inline float hsum(vecf v) {
+#if VLEN == 16
+    union { vecf whole; f32x8 half[2]; } a = {v};
+    const f32x8 h = a.half[0] + a.half[1];
+#else
+    const f32x8 h = v;
+#endif
+    union { f32x8 whole; f32x4 half[2]; } b = {h};
     f32x4 g = b.half[0] + b.half[1];
     return (g[0] + g[2]) + (g[1] + g[3]);
 }
@@ -73,16 +85,16 @@ static inline void dot4(const float *w, const float *const x[4], int n, float *o
     const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
     int i = 0;
     float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-    if (n >= 16) {
-        f32x16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
-        for (; i + 16 <= n; i += 16) {
-            const f32x16 wv = *(const f32x16 *)(w + i);
-            a0 += wv * *(const f32x16 *)(x0 + i);
-            a1 += wv * *(const f32x16 *)(x1 + i);
-            a2 += wv * *(const f32x16 *)(x2 + i);
-            a3 += wv * *(const f32x16 *)(x3 + i);
+    if (n >= VLEN) {
+        vecf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        for (; i + VLEN <= n; i += VLEN) {
+            const vecf wv = *(const vecf *)(w + i);
+            a0 += wv * *(const vecf *)(x0 + i);
+            a1 += wv * *(const vecf *)(x1 + i);
+            a2 += wv * *(const vecf *)(x2 + i);
+            a3 += wv * *(const vecf *)(x3 + i);
         }
-        s0 = sum16(a0); s1 = sum16(a1); s2 = sum16(a2); s3 = sum16(a3);
+        s0 = hsum(a0); s1 = hsum(a1); s2 = hsum(a2); s3 = hsum(a3);
     }
     for (; i < n; i++) {
         s0 += w[i] * x0[i]; s1 += w[i] * x1[i]; s2 += w[i] * x2[i]; s3 += w[i] * x3[i];
@@ -269,32 +281,32 @@ static inline float softmax_numerators(float *restrict s, int first, int last) {
 static inline __attribute__((always_inline)) void attend_fixed(const int HD, const float *restrict q,
         const float *restrict K, const float *restrict V, int first, int last, float scale, float *restrict s,
         float *restrict y) {
-    const int n = HD / 16;
-    f32x16 qs[8], acc[8], acc2[8];
-    for (int k = 0; k < n; k++) qs[k] = *(const f32x16 *)(q + 16 * k) * scale;
+    const int n = HD / VLEN;
+    vecf qs[128 / VLEN], acc[128 / VLEN], acc2[128 / VLEN];
+    for (int k = 0; k < n; k++) qs[k] = *(const vecf *)(q + VLEN * k) * scale;
     for (int t = first; t <= last; t++) {
         const float *key = K + (size_t)t * HD;
-        f32x16 a = qs[0] * *(const f32x16 *)key, b = {0};
+        vecf a = qs[0] * *(const vecf *)key, b = {0};
         for (int k = 1; k < n; k++) {
-            if (k % 2) b += qs[k] * *(const f32x16 *)(key + 16 * k);
-            else a += qs[k] * *(const f32x16 *)(key + 16 * k);
+            if (k % 2) b += qs[k] * *(const vecf *)(key + VLEN * k);
+            else a += qs[k] * *(const vecf *)(key + VLEN * k);
         }
-        s[t] = sum16(a + b);
+        s[t] = hsum(a + b);
     }
     const float total = softmax_numerators(s, first, last);
-    for (int k = 0; k < n; k++) acc[k] = acc2[k] = (f32x16){0};
+    for (int k = 0; k < n; k++) acc[k] = acc2[k] = (vecf){0};
     int t = first;
     for (; t < last; t += 2) {
         const float w = s[t], w2 = s[t + 1], *v = V + (size_t)t * HD;
         for (int k = 0; k < n; k++) {
-            acc[k] += w * *(const f32x16 *)(v + 16 * k);
-            acc2[k] += w2 * *(const f32x16 *)(v + HD + 16 * k);
+            acc[k] += w * *(const vecf *)(v + VLEN * k);
+            acc2[k] += w2 * *(const vecf *)(v + HD + VLEN * k);
         }
     }
     if (t == last)
-        for (int k = 0; k < n; k++) acc[k] += s[t] * *(const f32x16 *)(V + (size_t)t * HD + 16 * k);
+        for (int k = 0; k < n; k++) acc[k] += s[t] * *(const vecf *)(V + (size_t)t * HD + VLEN * k);
     const float inv = 1.f / total;
-    for (int k = 0; k < n; k++) *(f32x16 *)(y + 16 * k) = (acc[k] + acc2[k]) * inv;
+    for (int k = 0; k < n; k++) *(vecf *)(y + VLEN * k) = (acc[k] + acc2[k]) * inv;
 }
 
 /* One query q [hd] over cached keys and values K, V [C, hd] at slots first .. last: softmax(q.K * scale) V into
