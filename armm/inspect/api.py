@@ -1,8 +1,8 @@
 """Look inside a model: the next-token distribution before and after the sampler chain, the attention maps,
 the per-token log-probabilities of a text, and generation one step at a time.
 
-Everything here computes and returns dataclasses and tensors; ``armm.inspect_plots`` draws them and
-``armm.inspect_cli`` prints them (``armm inspect next|attention|surprise|generation``).
+Everything here computes and returns dataclasses and tensors; ``armm.inspect.plots`` draws them and
+``armm.inspect.cli`` prints them (``armm inspect next|attention|surprise|generation``).
 
 Token labels work for any modality (``token_label``): special tokens show their role (``<eos>``), a text
 token its text with whitespace and control characters made visible (``·`` space, ``⏎`` newline, ``\\x07``),
