@@ -16,17 +16,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from armm.backends import Backend, Quantize
-from armm.chat_cli import chat
+from armm.chat.cli import chat
 from armm.checkpoint import load_model_with_tokenizer, save_model
 from armm.config import ModelConfig
 from armm.generation import Guidance, generate
 from armm.hf import convert
-from armm.inspect_cli import COMMANDS as INSPECT_COMMANDS
+from armm.inspect.cli import COMMANDS as INSPECT_COMMANDS
 from armm.layout import VocabLayout, sampler_for
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.scoring import score as score_ids
-from armm.server import serve
+from armm.serving.cli import serve
 from armm.textstream import stream_text
 from armm.tokenizer import Tokenizer
 

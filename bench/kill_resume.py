@@ -203,7 +203,7 @@ def main() -> None:
     report = kill_and_resume(killed, write_recipe(killed, args.steps, args.every, cache), args.steps, args.kills,
                              timing, args.seed, args.threads)
     difference = compare(final_weights(reference), final_weights(killed))
-    print(f"\n| kills | during a checkpoint write | steps at each kill | violations | max |Δweight| vs uninterrupted |")
+    print("\n| kills | during a checkpoint write | steps at each kill | violations | max |Δweight| vs uninterrupted |")
     print("|---:|---:|---|---:|---:|")
     print(f"| {report.kills} | {report.during_write} | {' '.join(map(str, report.steps_seen))} | "
           f"{len(report.violations)} | {difference:.2e} |")

@@ -252,5 +252,5 @@ def test_an_unreadable_text_file_is_one_error_line(model_dir, tmp_path, capsys, 
 
 
 def test_importing_the_cli_and_the_inspector_imports_no_plotting_library():
-    code = "import sys, armm.cli, armm.inspect, armm.inspect_plots; print('matplotlib' in sys.modules)"
+    code = "import sys, armm.cli, armm.inspect, armm.inspect.plots; print('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

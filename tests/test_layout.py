@@ -169,7 +169,7 @@ def test_decode_of_an_unterminated_span_goes_as_far_as_it_goes():
 
 def test_decode_turns_content_outside_any_span_into_its_own_part_and_skips_shared_ids():
     layout = text_image_layout()
-    text, image = layout.span("text"), layout.span("image")
+    text = layout.span("text")
     picture = random_image(5)
     stray = [text.offset + ord("x"), NULL, text.offset + ord("y")]  # text content with no <|text|> before it
     ids = [BOS, *stray, *layout.encode_part("image", picture), PAD, EOS]

@@ -24,7 +24,6 @@ from armm.sampling import (
     NoRepeatNGram,
     PresencePenalty,
     RepetitionPenalty,
-    Sampler,
     Temperature,
     TopK,
     TopP,

@@ -17,7 +17,7 @@ import uvicorn
 import armm
 from armm.chat import get_template, render
 from armm.cli import main
-from armm.server import is_loopback
+from armm.serving.cli import is_loopback
 from armm.serving import engine as engine_module
 from armm.serving.app import Limits, create_app
 from armm.serving.engine import Engine

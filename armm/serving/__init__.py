@@ -1,2 +1,3 @@
-"""The OpenAI-compatible HTTP server behind ``armm serve``: ``engine`` (one generation thread fed by a queue),
-``text`` (token stream → text with stop strings), ``protocol`` (request schemas and errors), ``app`` (routes)."""
+"""The OpenAI-compatible HTTP server behind ``armm serve``: ``cli`` (the command), ``engine`` (one generation thread
+fed by a queue), ``protocol`` (request schemas and errors), ``app`` (routes). Token streams become text through
+``armm.textstream``."""

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from armm.chat import ChatTemplate, render
+from armm.chat.templates import ChatTemplate, render
 from armm.sampling import build_sampler
 from armm.serving.engine import Engine, Event, Job
 from armm.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingRequest

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from einops import rearrange, repeat
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -24,7 +25,8 @@ def read_image(path: str | Path) -> torch.Tensor:
             pixels = np.array(image)
     except OSError as err:
         raise ValueError(f"{path} is not a readable PNG or JPEG image ({err})") from None
-    return torch.from_numpy(pixels.reshape(*pixels.shape[:2], -1)).permute(2, 0, 1).contiguous()
+    pixels = pixels.reshape(*pixels.shape[:2], -1)  # grey comes without a channel axis: [H, W] → [H, W, 1]
+    return rearrange(torch.from_numpy(pixels), "h w c -> c h w").contiguous()
 
 
 def convert(image: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:
@@ -45,7 +47,7 @@ def convert(image: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.
     if image.shape[0] in (2, 4):
         image = image[:-1]
     if image.shape[0] != channels:
-        image = F.rgb_to_grayscale(image) if channels == 1 else image.expand(3, -1, -1)
+        image = F.rgb_to_grayscale(image) if channels == 1 else repeat(image, "1 h w -> c h w", c=3)
     if tuple(image.shape[1:]) != tuple(size):
         image = F.resize(image, list(size), antialias=True)
     return image.contiguous()
@@ -63,8 +65,8 @@ def write_grid(
         raise ValueError("no images to write")
     batch = torch.stack(list(images))
     grid = make_grid(batch, nrow=nrow or math.ceil(math.sqrt(len(batch))), padding=padding, pad_value=pad_value)
-    if batch.shape[1] == 1:
-        grid = grid[:1]  # make_grid repeats grey into RGB; keep the PNG grey
+    # make_grid repeats grey into RGB; keep the PNG grey
+    pixels = grid[0] if batch.shape[1] == 1 else rearrange(grid, "c h w -> h w c")
     path = Path(path).with_suffix(".png")
-    Image.fromarray(grid.permute(1, 2, 0).squeeze(2).numpy()).save(path, format="PNG")
+    Image.fromarray(pixels.numpy()).save(path, format="PNG")
     return path

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from armm.files import read_json_object
 from armm_image.base import ImageTokenizer
@@ -145,7 +146,7 @@ class PixelTokenizer(ImageTokenizer):
         if self.palette_size is None:
             super().fit(samples)
         images = [self.split_label(sample)[1] for sample in samples]
-        pixels = self.stack(images).permute(0, 2, 3, 1).reshape(-1, self.channels)
+        pixels = rearrange(self.stack(images), "n c h w -> (n h w) c")
         self.palette = fit_palette(pixels, self.palette_size, max_pixels=max_pixels, seed=seed)
 
     def _fitted_palette(self) -> torch.Tensor:
@@ -156,19 +157,20 @@ class PixelTokenizer(ImageTokenizer):
         return self.palette
 
     def encode(self, sample: torch.Tensor) -> list[int]:
-        pixels = self.check_image(sample).permute(1, 2, 0).reshape(-1, self.channels)  # raster order
+        image = self.check_image(sample)  # raster order: one colour (palette) or one channel value a token
         if self.palette_size is not None:
-            return nearest_colour(pixels, self._fitted_palette()).tolist()
-        return (pixels.flatten().long() >> (8 - self.bits)).tolist()
+            return nearest_colour(rearrange(image, "c h w -> (h w) c"), self._fitted_palette()).tolist()
+        return (rearrange(image, "c h w -> (h w c)").long() >> (8 - self.bits)).tolist()
 
     def decode(self, ids: Sequence[int]) -> torch.Tensor:
         codes = self.content_ids(ids)
         if self.palette_size is not None:
-            pixels = self._fitted_palette()[codes]
+            pixels = rearrange(self._fitted_palette()[codes], "(h w) c -> c h w", h=self.height, w=self.width)
         else:
             shift = 8 - self.bits
-            pixels = ((codes << shift) + ((1 << shift) >> 1)).to(torch.uint8)
-        return pixels.reshape(self.height, self.width, self.channels).permute(2, 0, 1).contiguous()
+            levels = ((codes << shift) + ((1 << shift) >> 1)).to(torch.uint8)
+            pixels = rearrange(levels, "(h w c) -> c h w", h=self.height, w=self.width)
+        return pixels.contiguous()
 
     def token_name(self, token: int) -> str | None:
         """A readable name for ``armm inspect``: ``"level 7/15"`` (a channel value), ``"colour 3 #1f2a80"`` (a palette

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from einops import rearrange
 
 from armm.files import read_json_object
 from armm_image.base import ImageTokenizer
@@ -76,12 +77,12 @@ class VQTokenizer(ImageTokenizer):
     def codes(self, images: Iterable[torch.Tensor]) -> torch.Tensor:
         """Samples (or a uint8 batch [N, C, H, W]) → codes [N, sequence_length] in raster order."""
         pixels = self.stack(images).float() / 127.5 - 1
-        return self.model.encode(pixels).flatten(1)
+        return rearrange(self.model.encode(pixels), "n h w -> n (h w)")
 
     @torch.no_grad()
     def reconstruct(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [N, sequence_length] → uint8 images [N, C, H, W]."""
-        pixels = self.model.decode(codes.view(-1, *self.grid))
+        pixels = self.model.decode(rearrange(codes, "n (h w) -> n h w", h=self.grid[0], w=self.grid[1]))
         return ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
     def encode(self, sample: torch.Tensor) -> list[int]:

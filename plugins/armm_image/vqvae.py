@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -27,13 +28,13 @@ class VectorQuantizer(nn.Module):
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         """[B, D, h, w] → nearest code per position [B, h, w] (squared Euclidean distance)."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        flat = rearrange(z, "b d h w -> (b h w) d")
         distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + self.codebook.pow(2).sum(1)
-        return distances.argmin(1).view(z.shape[0], *z.shape[2:])
+        return rearrange(distances.argmin(1), "(b h w) -> b h w", b=z.shape[0], h=z.shape[2])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes [B, h, w] → code vectors [B, D, h, w]."""
-        return self.codebook[codes].permute(0, 3, 1, 2)
+        return rearrange(self.codebook[codes], "b h w d -> b d h w")
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """→ (quantised z with straight-through gradients, codes [B, h, w], commitment loss ||z - sg(e)||²)."""
@@ -46,8 +47,8 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        assigned = F.one_hot(codes.flatten(), len(self.codebook)).type_as(flat)
+        flat = rearrange(z, "b d h w -> (b h w) d")
+        assigned = F.one_hot(rearrange(codes, "b h w -> (b h w)"), len(self.codebook)).type_as(flat)  # [(b h w), K]
         self.usage.lerp_(assigned.sum(0), 1 - self.decay)
         self.code_sum.lerp_(assigned.T @ flat, 1 - self.decay)
         total = self.usage.sum()

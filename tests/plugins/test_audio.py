@@ -256,13 +256,13 @@ def test_espeak_phrases_fall_back_to_synthetic_tones_with_a_warning(monkeypatch)
 def test_synthetic_tones_are_seeded_notes_with_harmonics_and_an_envelope():
     tokenizer = MuLawTokenizer(sample_rate=8000, clip_seconds=0.25)
     tones = armm.get_plugins().datasets.get("synthetic-tones")(tokenizer)
-    assert len(tones) == 2000 and {tone.shape for tone in tones} == {(2000,)}
+    assert len(tones) == 2000 and {clip.shape for clip in tones} == {(2000,)}
     assert all(torch.equal(a, b) for a, b in zip(tones, synthetic_tones(tokenizer)))
     assert not torch.equal(synthetic_tones(tokenizer, num_clips=1)[0], synthetic_tones(tokenizer, num_clips=1, seed=1)[0])
     peaks = torch.stack(tones).abs().amax(dim=1)
     assert peaks.min() >= 0.2 - 1e-6 and peaks.max() <= 0.8 + 1e-6
-    assert all(tone[0] == 0 for tone in tones)  # the attack starts from silence
+    assert all(clip[0] == 0 for clip in tones)  # the attack starts from silence
     notes = torch.tensor([110.0 * 2 ** (n / 12) * k for n in range(37) for k in range(1, 9)])
-    for tone in tones[:50]:  # the strongest frequency is a harmonic of a semitone of A2..A5 (4 Hz bins)
-        strongest = torch.fft.rfft(tone.double()).abs().argmax() * tokenizer.sample_rate / len(tone)
+    for clip in tones[:50]:  # the strongest frequency is a harmonic of a semitone of A2..A5 (4 Hz bins)
+        strongest = torch.fft.rfft(clip.double()).abs().argmax() * tokenizer.sample_rate / len(clip)
         assert (notes - strongest).abs().min() <= 2.0

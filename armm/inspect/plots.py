@@ -1,4 +1,4 @@
-"""Draw what ``armm.inspect`` computes: PNG figures (matplotlib, Agg, no pyplot state) and an HTML page.
+"""Draw what ``armm.inspect.api`` computes: PNG figures (matplotlib, Agg, no pyplot state) and an HTML page.
 
 Every ``plot_*`` function returns a ``matplotlib.figure.Figure`` and, given a ``path``, also saves it as a PNG.
 matplotlib is imported inside them, so ``import armm`` stays light.
@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from armm.inspect import Attention, NextToken, Surprise
+from armm.inspect.api import Attention, NextToken, Surprise
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

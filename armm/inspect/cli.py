@@ -1,7 +1,7 @@
 """``armm inspect next|attention|surprise|generation``: the ideas of autoregressive modelling, on your own model.
 
-Each command computes with ``armm.inspect``, prints to the terminal with rich, and with ``--plot`` (or
-``--html``) draws with ``armm.inspect_plots``.
+Each command computes with ``armm.inspect.api``, prints to the terminal with rich, and with ``--plot`` (or
+``--html``) draws with ``armm.inspect.plots``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from armm.checkpoint import load_model_with_tokenizer
-from armm.inspect import (
+from armm.inspect.api import (
     Attention, Candidate, attention, generation_steps, next_token, prompt_ids, surprise, text_pieces, token_labels,
     visible,
 )
@@ -80,7 +80,7 @@ def inspect_next(model_dir: Path, prompt: str = "", top: int = 10, sampler: str 
                   f"bits · {result.kept} of {result.p_after.numel()} tokens kept", markup=False, highlight=False)
     console.print(_candidates_table(result.top, None))
     if plot is not None:
-        from armm.inspect_plots import plot_next_token
+        from armm.inspect.plots import plot_next_token
 
         plot_next_token(result, plot, context=_context_text(tok, ids))
         _wrote(plot)
@@ -142,7 +142,7 @@ def inspect_attention(model_dir: Path, prompt: str = "", layer: int | None = Non
         console.print(Columns(maps, padding=(0, 3)))
     console.print(Text(legend, style="grey50"))
     if plot is not None:
-        from armm.inspect_plots import plot_attention, plot_attention_grid
+        from armm.inspect.plots import plot_attention, plot_attention_grid
 
         single = len(result.layers) == 1 and len(result.heads) == 1
         (plot_attention if single else plot_attention_grid)(result, plot)
@@ -175,7 +175,7 @@ def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | Non
         plot: Write the tokens, coloured by surprisal, to this PNG file.
         html: Write them as an HTML page (hover a token for its probability).
     """
-    from armm.inspect_plots import display_pieces, max_surprise_bits, surprise_colour
+    from armm.inspect.plots import display_pieces, max_surprise_bits, surprise_colour
 
     if text is None:
         raise ValueError("give the file to score with --text FILE")
@@ -207,12 +207,12 @@ def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | Non
     table.add_row("most surprising (bits)", Text(worst_text))
     console.print(table)
     if plot is not None:
-        from armm.inspect_plots import plot_surprise
+        from armm.inspect.plots import plot_surprise
 
         plot_surprise(result, plot)
         _wrote(plot)
     if html is not None:
-        from armm.inspect_plots import write_surprise_html
+        from armm.inspect.plots import write_surprise_html
 
         _wrote(write_surprise_html(result, html, title=f"surprise of {text.name} under {model_dir}"))
 

@@ -1,8 +1,8 @@
 """Look inside a model: the next-token distribution before and after the sampler chain, the attention maps,
 the per-token log-probabilities of a text, and generation one step at a time.
 
-Everything here computes and returns dataclasses and tensors; ``armm.inspect_plots`` draws them and
-``armm.inspect_cli`` prints them (``armm inspect next|attention|surprise|generation``).
+Everything here computes and returns dataclasses and tensors; ``armm.inspect.plots`` draws them and
+``armm.inspect.cli`` prints them (``armm inspect next|attention|surprise|generation``).
 
 Token labels work for any modality (``token_label``): special tokens show their role (``<eos>``), a text
 token its text with whitespace and control characters made visible (``·`` space, ``⏎`` newline, ``\\x07``),
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
 from armm.generation import generate
@@ -273,16 +274,18 @@ def _recompute(attn, args: tuple, kwargs: dict, output: Tensor) -> LayerCapture:
     x, rope, mask, is_causal = inputs["x"], inputs.get("rope"), inputs.get("mask"), inputs.get("is_causal", False)
     if attn.kv_cache is not None:
         raise ValueError("attention maps are computed without a KV-cache; call model.clear_cache() first")
-    B, T = x.shape[:2]
+    T = x.shape[1]
     hd = attn.head_dim
     q, k, v = attn.qkv(x).split([attn.n_head * hd, attn.n_kv_head * hd, attn.n_kv_head * hd], dim=-1)
-    q = q.view(B, T, attn.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
-    k = k.view(B, T, attn.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
-    v = v.view(B, T, attn.n_kv_head, hd).transpose(1, 2)  # (B, nkv, T, hd)
+    q = rearrange(q, "b t (head d) -> b head t d", head=attn.n_head)
+    k = rearrange(k, "b t (kv_head d) -> b kv_head t d", kv_head=attn.n_kv_head)
+    v = rearrange(v, "b t (kv_head d) -> b kv_head t d", kv_head=attn.n_kv_head)
     if rope is not None:
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    group = attn.n_head // attn.n_kv_head  # query heads per kv head; head h reads kv head h // group
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, T, hd)
+    # grouped-query attention: query head h reads kv head h // group, so kv heads repeat in place (not tiled)
+    group = attn.n_head // attn.n_kv_head
+    k = repeat(k, "b kv_head t d -> b (kv_head group) t d", group=group)  # (B, nh, T, hd)
+    v = repeat(v, "b kv_head t d -> b (kv_head group) t d", group=group)
     scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(hd)  # (B, nh, T, T)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

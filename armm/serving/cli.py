@@ -45,7 +45,7 @@ def serve(
     """
     import uvicorn
 
-    from armm.chat import get_template, template_for_model
+    from armm.chat.templates import get_template, template_for_model
     from armm.serving.app import Limits, create_app
     from armm.serving.engine import Engine
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from armm.chat import ChatTemplate, Rendered, get_template, render, template_for_model
+from armm.chat.templates import ChatTemplate, Rendered, get_template, render, template_for_model
 from armm.checkpoint import load_model_with_tokenizer
 from armm.generation import generate
 from armm.layout import sampler_for
