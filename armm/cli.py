@@ -146,7 +146,7 @@ def sample(
         console.print(text, markup=False, highlight=False)
 
 
-def score(model_dir: Path, text: str | None = None, file: Path | None = None) -> None:
+def score(model_dir: Path, text: str | None = None, file: Path | None = None, backend: Backend = "auto") -> None:
     """Score data under a saved model: log-likelihood, perplexity, bits per token and bits per unit
     of the modality (byte, residue, pixel value, audio sample…).
 
@@ -154,6 +154,7 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None) ->
         model_dir: A model directory.
         text: A text to score (for text-like modalities).
         file: Or a file, folder or glob, read by the model's tokenizer plugin; every sample is scored.
+        backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`).
     """
     if (text is None) == (file is None):
         raise ValueError("give exactly one of --text or --file")
@@ -161,7 +162,7 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None) ->
     if text is not None and not tok.decodes_text:
         raise ValueError(f"--text scores text, but {tok.modality} samples are files: pass --file PATH")
     samples = [text] if text is not None else tok.read(file)
-    results = [score_ids(model, _sample_ids(tok, s)) for s in samples]
+    results = [score_ids(model, _sample_ids(tok, s), backend=backend) for s in samples]
     log_likelihood = sum(r.log_likelihood for r in results)
     tokens = sum(r.num_tokens for r in results)
     units = sum(tok.num_units(s) for s in samples)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from armm.chat.templates import ChatTemplate, Rendered, get_template, render, template_for_model
+from armm.backends import Backend
 from armm.checkpoint import load_model_with_tokenizer
 from armm.generation import generate
 from armm.layout import sampler_for
@@ -58,6 +59,7 @@ def chat(
     max_new_tokens: int = 256,
     seed: int | None = None,
     show_prompt: bool = False,
+    backend: Backend = "auto",
 ) -> None:
     """Chat with a saved model in the terminal: type a message, read the reply as it is generated.
 
@@ -71,6 +73,7 @@ def chat(
             half the context goes to the reply when this asks for all of it).
         seed: Random seed; reply i uses seed + i, so a session is reproducible.
         show_prompt: Show what happens behind each reply: the rendered template, its token ids, then the generation.
+        backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -111,7 +114,8 @@ def chat(
                 _show_prompt(conversation.template, rendered)
             stops = list(dict.fromkeys(rendered.stop_token_ids + ([tok.eos_id] if tok.eos_id is not None else [])))
             steps = generate(model, [rendered.ids], max_new_tokens=max_new_tokens, sampler=sampler,
-                             stop_tokens=stops, seed=None if seed is None else seed + replies, stream=True)
+                             stop_tokens=stops, seed=None if seed is None else seed + replies, stream=True,
+                             backend=backend)
             pieces = stream_text(tok, (step[0] for step in steps), conversation.template.stop_strings)
             conversation.turns.append({"role": "assistant", "content": _print_reply(pieces)})
             replies += 1

@@ -269,11 +269,11 @@ def capture_attention(model: Transformer, ids: Tensor) -> list[LayerCapture]:
 
 
 def _recompute(attn, args: tuple, kwargs: dict, output: Tensor) -> LayerCapture:
-    names = ("x", "rope", "mask", "is_causal", "start")
+    names = ("x", "rope", "mask", "is_causal", "start", "cache")
     inputs = dict(zip(names, args)) | kwargs
     x, rope, mask, is_causal = inputs["x"], inputs.get("rope"), inputs.get("mask"), inputs.get("is_causal", False)
-    if attn.kv_cache is not None:
-        raise ValueError("attention maps are computed without a KV-cache; call model.clear_cache() first")
+    if inputs.get("cache") is not None:
+        raise ValueError("attention maps are computed from a forward without a KV-cache (cache=None)")
     T = x.shape[1]
     hd = attn.head_dim
     q, k, v = attn.qkv(x).split([attn.n_head * hd, attn.n_kv_head * hd, attn.n_kv_head * hd], dim=-1)
@@ -374,15 +374,17 @@ class Surprise:
 
 
 def surprise(
-    model: Transformer, tokenizer: Tokenizer | None, ids: Sequence[int] | Tensor, *, num_units: int | None = None
+    model: Transformer, tokenizer: Tokenizer | None, ids: Sequence[int] | Tensor, *, num_units: int | None = None,
+    backend: str = "auto",
 ) -> Surprise:
     """Score ``ids`` with ``armm.score`` (start them with bos to score the first real token too). ``num_units``
-    is what bits per unit divides by (e.g. ``tokenizer.num_units(sample)``); it defaults to the scored tokens."""
+    is what bits per unit divides by (e.g. ``tokenizer.num_units(sample)``); it defaults to the scored tokens.
+    ``backend`` is ``armm.score``'s."""
     ids = _ids_tensor(model, ids).tolist()
     if len(ids) < 2:
         raise ValueError(f"surprise needs at least 2 tokens (a condition and one scored token), got {len(ids)}; "
                          "is the text empty?")
-    result = score(model, ids)
+    result = score(model, ids, backend=backend)
     texts = text_pieces(tokenizer, ids) if tokenizer is not None else [None] * len(ids)
     unit = tokenizer.unit if tokenizer is not None and num_units is not None else "token"
     return Surprise(ids, token_labels(tokenizer, ids), texts, result.token_logprobs, result.log_likelihood,
@@ -425,17 +427,19 @@ def generation_steps(
     seed: int | None = None,
     *,
     stop_tokens: Sequence[int] | None = None,
+    backend: str = "auto",
 ) -> Generation:
     """Generate up to ``steps`` tokens after ``prompt_ids`` and show each step. The tokens are drawn by
     ``armm.generate`` itself (same sampler, seed and ``stop_tokens``, by default the tokenizer's eos), so they
-    are exactly what ``armm.generate`` returns; the candidates come from one causal pass over the result."""
+    are exactly what ``armm.generate`` returns (with ``backend``); the candidates come from one causal pass over the
+    result."""
     _check_top(top)
     ids = _ids_tensor(model, prompt_ids)
     chain = _sampler(tokenizer, sampler)
     if stop_tokens is None:
         stop_tokens = [tokenizer.eos_id] if tokenizer is not None and tokenizer.eos_id is not None else []
     drawn = generate(model, [ids.tolist()], max_new_tokens=steps, sampler=chain, stop_tokens=list(stop_tokens),
-                     seed=seed)[0]
+                     seed=seed, backend=backend)[0]
     P = ids.numel()
     sequence = torch.cat([ids, torch.tensor(drawn, dtype=torch.long, device=ids.device)])
     logits = _logits(model, sequence[:-1])[P - 1:]  # (steps, V): the prediction before each drawn token

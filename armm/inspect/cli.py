@@ -13,6 +13,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from armm.backends import Backend
 from armm.checkpoint import load_model_with_tokenizer
 from armm.inspect.api import (
     Attention, Candidate, attention, generation_steps, next_token, prompt_ids, surprise, text_pieces, token_labels,
@@ -166,7 +167,7 @@ def _read_sample(tok: Tokenizer, file: Path):
 
 
 def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | None = None,
-                     html: Path | None = None) -> None:
+                     html: Path | None = None, backend: Backend = "auto") -> None:
     """How surprised the model is by each token of a file: -log2 P(token | everything before it).
 
     Args:
@@ -174,6 +175,7 @@ def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | Non
         text: The file to score, read by the model's tokenizer plugin (the first sample it holds).
         plot: Write the tokens, coloured by surprisal, to this PNG file.
         html: Write them as an HTML page (hover a token for its probability).
+        backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`).
     """
     from armm.inspect.plots import display_pieces, max_surprise_bits, surprise_colour
 
@@ -182,7 +184,7 @@ def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | Non
     model, tok = load_model_with_tokenizer(model_dir)
     sample = _read_sample(tok, text)
     ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(sample)
-    result = surprise(model, tok, ids, num_units=tok.num_units(sample))
+    result = surprise(model, tok, ids, num_units=tok.num_units(sample), backend=backend)
     top = max_surprise_bits(result)
     line = Text()
     for shown, bits, _ in display_pieces(result):
@@ -219,7 +221,7 @@ def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | Non
 
 # --- generation ----------------------------------------------------------------------------------------
 def inspect_generation(model_dir: Path, prompt: str = "", steps: int = 8, sampler: str = "greedy",
-                       seed: int | None = None, top: int = 5) -> None:
+                       seed: int | None = None, top: int = 5, backend: Backend = "auto") -> None:
     """Generation one step at a time: the context, the candidates after the sampler chain, the token drawn.
 
     Args:
@@ -229,10 +231,11 @@ def inspect_generation(model_dir: Path, prompt: str = "", steps: int = 8, sample
         sampler: A sampler spec such as "greedy" or "temperature=0.8,top_k=40".
         seed: Random seed; the tokens are those `armm sample` draws with the same sampler and seed.
         top: How many candidates to list per step.
+        backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`).
     """
     model, tok = load_model_with_tokenizer(model_dir)
     ids = prompt_ids(tok, prompt)
-    result = generation_steps(model, tok, ids, steps, sampler=sampler, top=top, seed=seed)
+    result = generation_steps(model, tok, ids, steps, sampler=sampler, top=top, seed=seed, backend=backend)
     console.print(Text(f"sampler {result.sampler}" + (f", seed {seed}" if seed is not None else ""), style="bold"))
     for step in result.steps:
         title = f"step {step.step + 1} · context: {_context_text(tok, step.context)}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from armm.backends import Backend
 from armm.checkpoint import load_model_with_tokenizer
 
 
@@ -25,6 +26,7 @@ def serve(
     max_batch_size: int = 16,
     model_name: str | None = None,
     device: str | None = None,
+    backend: Backend = "auto",
 ) -> None:
     """Serve a model directory over an OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions.
 
@@ -42,6 +44,8 @@ def serve(
         max_batch_size: The most rows (choices of queued requests with the same sampling) generated together.
         model_name: The name clients put in "model" (default: the model directory's name).
         device: Where the model runs (default: cuda when available, else cpu).
+        backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`); on a GPU,
+            compiled replays each decode step as a CUDA graph (the first batch of each size compiles it).
     """
     import uvicorn
 
@@ -58,7 +62,7 @@ def serve(
         model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chat_template = get_template(template) if template else template_for_model(model_dir)
     limits = Limits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens, max_choices=max_choices)
-    app = create_app(Engine(model, tokenizer, max_batch_size), model_name or model_dir.resolve().name,
+    app = create_app(Engine(model, tokenizer, max_batch_size, backend), model_name or model_dir.resolve().name,
                      chat_template, api_key=api_key, limits=limits)
     uvicorn.run(app, host=host, port=port)
 

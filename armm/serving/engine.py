@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from armm.backends import check_backend
 from armm.generation import generate
 from armm.model import Transformer
 from armm.textstream import TextStream
@@ -69,8 +70,10 @@ class Job:
 class Engine:
     """Runs jobs one batch at a time in a single thread, so the event loop never waits on the model."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch_rows: int = 16) -> None:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch_rows: int = 16,
+                 backend: str = "auto") -> None:
         self.model, self.tokenizer, self.max_batch_rows = model, tokenizer, max_batch_rows
+        self.backend = check_backend(backend)
         self._pending: deque[Job] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -138,6 +141,7 @@ class Engine:
             stop_tokens=[job.stop_ids for job, _ in rows],
             seed=[job.seeds[index] for job, index in rows],
             stream=True,
+            backend=self.backend,
         )
         live = set(batch)
         try:
