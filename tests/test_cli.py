@@ -47,12 +47,17 @@ def test_streamed_and_seeded_samples_are_reproducible(model_dir, capsys):
     assert plain.strip() in out and "sample 1" in out
 
 
-def test_sample_with_compile_prints_what_eager_decoding_does(model_dir, capsys):
+def test_every_backend_samples_what_eager_decoding_does(model_dir, capsys):
     args = ["sample", str(model_dir), "--prompt", "Hi", "--max-new-tokens", "8"]
-    main(args)
+    main(args + ["--backend", "eager"])
     eager = capsys.readouterr().out
-    main(args + ["--compile"])
-    assert capsys.readouterr().out == eager
+    for backend in ("auto", "native", "compiled"):
+        main(args + ["--backend", backend])
+        assert capsys.readouterr().out == eager, backend
+    main(args + ["--quantize", "int8"])
+    assert "Hi" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args + ["--backend", "fast"])
 
 
 def test_score_reports_the_chain_rule_metrics(model_dir, capsys, tmp_path):
