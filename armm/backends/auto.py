@@ -18,12 +18,14 @@ import statistics
 import tempfile
 import threading
 import time
+from functools import cache
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from armm.backends import library
-from armm.backends.eager import EagerDecoder
+from armm.backends.eager import EagerDecoder, Twin, default_format
 from armm.backends.native import MAX_ROWS, NativeDecoder, native_weights
 from armm.model import Transformer
 
@@ -41,14 +43,22 @@ def shape_class(rows: int) -> int:
     return 1 << max(rows - 1, 0).bit_length()
 
 
+@cache
+def machine() -> str:
+    """The CPU (model and flags) and the build of the native library (its source, flags and compiler): a choice
+    measured with another build is measured again."""
+    lib = library.library()
+    build = Path(lib._name).stem if lib is not None else "no library"
+    return f"{hashlib.sha256(library.cpu_id().encode()).hexdigest()[:12]} {build}"
+
+
 def key(model: Transformer, quantize: str | None, rows: int) -> str:
-    """What a choice depends on: the CPU (model and flags), the thread count, the model's shape and weights' format,
-    and the shape class."""
+    """What a choice depends on: the machine (CPU and library build), the thread count, the model's shape and
+    weights' format, and the shape class."""
     c = model.config
     shape = (f"{c.n_layer}x{c.d_model} heads {c.n_head}/{c.n_kv_head}x{c.head_dim} ff {c.d_ff} vocab {c.vocab_size} "
              f"{c.position} {c.norm} {c.mlp} bias {c.bias} tied {c.tie_embeddings} {quantize or 'float32'}")
-    cpu = hashlib.sha256(library.cpu_id().encode()).hexdigest()[:12]
-    return f"{cpu}|{torch.get_num_threads()} threads|{shape}|{shape_class(rows)} rows"
+    return f"{machine()}|{torch.get_num_threads()} threads|{shape}|{shape_class(rows)} rows"
 
 
 def _load() -> dict[str, str]:
@@ -83,10 +93,15 @@ def forget() -> None:
 
 @torch.inference_mode()
 def measure(model: Transformer, quantize: str | None, rows: int) -> str:
-    """Time a one-token forward of ``shape_class(rows)`` rows on both paths, in turn; the faster one's name."""
+    """Time a one-token forward of ``shape_class(rows)`` rows on both paths, in turn; the faster one's name (eager
+    where the step cannot read the model)."""
+    if native_weights(model, quantize == "int8") is None:
+        return "eager"
     B, start = shape_class(rows), 16
     native = NativeDecoder(model, B, start + 1, quantize, takes=lambda b, t: True)
-    eager = EagerDecoder(model, B, start + 1, quantize, cache=native.cache)
+    fmt = default_format(model, quantize)  # a twin of its own, dropped afterwards unless eager wins and builds one
+    runner = Twin(model, fmt).module if fmt is not None else model
+    eager = EagerDecoder(model, B, start + 1, quantize, cache=native.cache, runner=runner)
     idx = torch.zeros(B, 1, dtype=torch.long)
     times: dict[str, list[float]] = {"native": [], "eager": []}
     for round_ in range(ROUNDS + 1):
@@ -100,7 +115,7 @@ def measure(model: Transformer, quantize: str | None, rows: int) -> str:
 
 def prefers_native(model: Transformer, quantize: str | None, rows: int) -> bool:
     """Whether a forward of ``rows`` rows should run native on this CPU (measured once per shape class)."""
-    if rows > MAX_ROWS or native_weights(model, quantize == "int8") is None:
+    if rows > MAX_ROWS or not library.available():
         return False
     name = key(model, quantize, rows)
     with _lock:
@@ -112,10 +127,16 @@ def prefers_native(model: Transformer, quantize: str | None, rows: int) -> bool:
 
 
 class AutoDecoder(NativeDecoder):
-    """The native decoder, with ``takes`` measured on this machine instead of fixed."""
+    """The native decoder, with ``takes`` measured on this machine instead of fixed; a forward of a shape class where
+    PyTorch won runs the eager backend (packed or int8 copies), a longer one the model's own forward."""
 
     name = "auto"
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None) -> None:
         super().__init__(model, batch_size, max_len, quantize,
                          takes=lambda b, t: prefers_native(model, quantize, b * t))
+
+    def fallback(self, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
+        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.numel() > MAX_ROWS:
+            return super().fallback(idx, start, pad, logits_to_keep)
+        return self.eager().forward(idx, start, pad, logits_to_keep)

@@ -157,11 +157,13 @@ class EagerDecoder(Decoder):
     name = "eager"
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None,
-                 cache: list[KVCache] | None = None) -> None:
+                 cache: list[KVCache] | None = None, runner: nn.Module | None = None) -> None:
+        """``runner``: what runs the forwards (default: the model's decode twin, kept for later calls)."""
         super().__init__(model, batch_size, max_len, cache)
-        fmt = default_format(model, quantize)
-        self.runner = twin(model, fmt) if fmt is not None else model
-        self.runner.train(model.training)
+        if runner is None:
+            fmt = default_format(model, quantize)
+            runner = twin(model, fmt) if fmt is not None else model
+        self.runner = runner.train(model.training)
 
     def forward(self, idx: Tensor, start: int, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         return self.runner(idx, cache=self.cache, start=start, pad=pad, logits_to_keep=logits_to_keep)

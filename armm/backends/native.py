@@ -77,8 +77,9 @@ def _model_tensors(model: Transformer) -> dict[str, Tensor | None]:
     }
 
 
-def _linears(model: Transformer) -> list[nn.Linear]:
-    """The linear layers an int8 step reads copies of, in the order ``NativeWeights`` stores them."""
+def _linears(model: nn.Module) -> list[nn.Module]:
+    """The linear layers an int8 step reads copies of, in the order ``NativeWeights`` stores them (of the model, or
+    of its int8 decode twin)."""
     return [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [model.lm_head]
 
 
@@ -99,7 +100,7 @@ class NativeWeights:
         self.lib, self.int8, self.config = lib, int8, model.config
         self.fingerprint = fingerprint(model, int8)
         self.aliases: list[Tensor] = []  # every tensor the structs point at, kept alive here
-        copies = [linear.tensors for linear in _int8_linears(model)] if int8 else None
+        copies = [linear.tensors for linear in _linears(twin(model, "int8"))] if int8 else None
         self.layers = (LayerStruct * len(model.blocks))()
         for i, (layer, block) in enumerate(zip(self.layers, model.blocks)):
             for field, tensor in _layer_tensors(block).items():
@@ -127,12 +128,6 @@ class NativeWeights:
         return ctypes.cast(alias.data_ptr(), INT8_P if alias.dtype == torch.int8 else FLOAT_P)
 
 
-def _int8_linears(model: Transformer) -> list:
-    """The int8 decode twin's prepared layers, in ``_linears`` order (``armm.backends.eager``)."""
-    prepared = twin(model, "int8")
-    return [m for b in prepared.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)] + [prepared.lm_head]
-
-
 _weights: weakref.WeakKeyDictionary[Transformer, dict[bool, NativeWeights]] = weakref.WeakKeyDictionary()
 _weights_lock = threading.Lock()
 
@@ -156,7 +151,7 @@ def native_weights(model: Transformer, int8: bool) -> NativeWeights | None:
 
 
 class NativeDecoder(Decoder):
-    """Forwards that ``takes`` allows run the C step; the others run in PyTorch on the same cache."""
+    """Forwards that ``takes`` allows run the C step; the others (``fallback``) run in PyTorch on the same cache."""
 
     name = "native"
 
@@ -164,8 +159,8 @@ class NativeDecoder(Decoder):
                  takes: Callable[[int, int], bool] = takes, cache: list[KVCache] | None = None) -> None:
         check_quantize(quantize)
         super().__init__(model, batch_size, max_len, cache)
-        self.int8, self.takes = quantize == "int8", takes
-        self.eager = EagerDecoder(model, batch_size, max_len, quantize, cache=self.cache)
+        self.quantize, self.int8, self.takes = quantize, quantize == "int8", takes
+        self._eager: EagerDecoder | None = None
         self.work = torch.empty(0)
         self.cache_readable = all(_readable(t) for c in self.cache for t in (c.k, c.v))
         self._weights: NativeWeights | None = None
@@ -173,11 +168,24 @@ class NativeDecoder(Decoder):
     def forward(self, idx: Tensor, start: int, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         B, T = idx.shape if isinstance(idx, Tensor) and idx.dim() == 2 else (0, 0)
         if not (B and T and self.cache_readable and self.takes(B, T)) or torch.is_grad_enabled() or self.model.training:
-            return self.eager.forward(idx, start, pad, logits_to_keep)
+            return self.fallback(idx, start, pad, logits_to_keep)
         weights = native_weights(self.model, self.int8)
         if weights is None:
-            return self.eager.forward(idx, start, pad, logits_to_keep)
+            return self.fallback(idx, start, pad, logits_to_keep)
         return self.run(weights, idx, start, pad, logits_to_keep)
+
+    def fallback(self, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
+        """A forward the C step does not run: the model's own (no packed copy is made for a few long prefills), or
+        the int8 decode twin's."""
+        if self.int8:
+            return self.eager().forward(idx, start, pad, logits_to_keep)
+        return super().forward(idx, start, pad, logits_to_keep)
+
+    def eager(self) -> EagerDecoder:
+        """The eager backend on this decoder's cache (packed or int8 copies), made on first use."""
+        if self._eager is None:
+            self._eager = EagerDecoder(self.model, self.batch_size, self.max_len, self.quantize, cache=self.cache)
+        return self._eager
 
     def run(self, weights: NativeWeights, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
         """One call of the C step, after checking every argument it reads."""
