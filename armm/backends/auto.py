@@ -1,11 +1,11 @@
 """The ``auto`` backend: on each CPU, the faster of the native step and PyTorch, measured, per shape class.
 
-Which path wins depends on the machine as much as on the model: on an AVX-512 EPYC the native step wins every
-forward up to ~32 rows, on an AVX2-only one PyTorch's packed matrix products win at batch 8 (figures in
-docs/performance.md). So ``auto`` does not guess. The first forward of a shape class (the rows of a forward,
+Which path wins, and up to how many rows, depends on the machine (its vectors, its memory) as much as on the
+model: a kernel tuned on an AVX-512 CPU once ran at half PyTorch's speed at batch 8 on an AVX2-only one
+(docs/performance.md). So ``auto`` does not guess. The first forward of a shape class (the rows of a forward,
 batch x tokens, rounded up to a power of two) times both paths on this model, alternating, and keeps the faster
-one; the choice is stored in ``$ARMM_CACHE_DIR/native/autotune.json`` under this CPU, thread count and model shape,
-so later processes reuse it. A measurement costs a few hundred milliseconds for a 30M-parameter model.
+one; the choice is stored in ``$ARMM_CACHE_DIR/native/autotune.json`` under this CPU, the library's build, the
+thread count and the model's shape, so later processes reuse it. A measurement takes a few forwards of each path.
 Forwards of more than ``native.MAX_ROWS`` rows always run in PyTorch.
 """
 

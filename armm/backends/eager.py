@@ -5,8 +5,8 @@ The eager decoder runs a *decode twin* of the model: a copy of its module tree t
 buffer with it, whose linear layers multiply a prepared copy of their weight instead:
 
 - ``packed`` (the CPU default for float32): the same weights reordered into oneDNN's blocked layout, which its
-  small-batch kernels read at close to the memory bandwidth (MKL's read ``[out, in]`` weights at a third to a half
-  of it; figures in docs/performance.md). Results equal ``F.linear`` up to float rounding.
+  small-batch kernels read faster than MKL's read ``[out, in]`` weights (docs/performance.md). Results equal
+  ``F.linear`` up to float rounding.
 - ``int8`` (``quantize="int8"``): weight-only int8, symmetric per output channel (``scale = max |w_row| / 127``), a
   quarter of the bytes, multiplied by ``torch.ops.aten._weight_int8pack_mm`` with bfloat16 activations. An
   approximation: tests bound its logit error and its greedy agreement with float32 on a trained model.

@@ -11,7 +11,7 @@ Memory safety does not rest on the caller:
   storage stays alive for as long as the step may read it, whatever happens to the parameter (``.data = …``,
   ``.half()``, a new ``Parameter``);
 - before every call it checks that each tensor the model holds now is still the one it was built on (storage
-  address, dtype, shape: ~30 µs for a 6-layer model); if not, it builds the step again, or runs the forward in
+  address, dtype, shape; cost in docs/performance.md); if not, it builds the step again, or runs the forward in
   PyTorch where the step cannot read the new tensors;
 - every argument is checked in Python before C sees it (ids in range, ``start >= 0``, ``pad [B]`` with
   ``0 <= pad < start + T``, batch and length within the cache) and the C step checks ids and positions again;

@@ -1,13 +1,14 @@
 /* One KV-cached decode step of armm's Transformer on the CPU, float32: every weight is read once, in place.
  *
  * A batch-1 decode step is bound by memory bandwidth: it multiplies one row by every weight matrix. In PyTorch
- * the step is ~150 operator calls, each with its own dispatch, and the matrix-vector kernels read weights at
- * 60-80% of the bandwidth. Here the whole step -- embeddings, norms, projections, rotary embeddings, the cache
+ * the step is ~150 operator calls, each with its own dispatch, and its matrix-vector kernels read weights below
+ * the memory's speed. Here the whole step -- embeddings, norms, projections, rotary embeddings, the cache
  * write, attention, the MLP (its activation fused into its first layer) and the output layer -- runs inside one
  * OpenMP parallel region; each weight row is streamed once against the batch's rows, and each output is summed
  * by one thread in a fixed order, so results do not depend on the thread count. Matrices can also be read as
- * weight-only int8 copies (a quarter of the bytes). armm.native builds this file on first use and calls
- * armm_forward through ctypes; armm.model falls back to PyTorch wherever it cannot (tests compare both).
+ * weight-only int8 copies (a quarter of the bytes). armm/backends/library.py builds this file on first use and
+ * armm/backends/native.py calls armm_forward through ctypes, after checking every argument; wherever it cannot
+ * run, decoding runs in PyTorch (tests compare both). Measurements behind each choice: docs/performance.md.
  *
  * Layout conventions are those of armm/model.py: fused qkv = [q heads | k heads | v heads], SwiGLU's fc =
  * [gate | up], rotary embeddings in the half-rotation layout, the cache [batch, n_kv_head, max_len, head_dim]. */
@@ -48,8 +49,8 @@ typedef struct { const float *w; const int8_t *q; const float *scale; } Matrix;
 
 /* VLEN floats, loaded from and stored to any float address (GCC/Clang vector extensions): one register where the
  * CPU has 512-bit vectors, two 256-bit ones elsewhere. A vector type wider than that (16 floats on an AVX2-only CPU)
- * is not split into registers cleanly: GCC moved it through the stack, and the four-row kernel below ran ~4x slower
- * than one row at a time (docs/performance.md). */
+ * is not split into registers cleanly: GCC moves it through the stack, and the four-row kernel below was then
+ * slower per row than one row at a time. */
 #if defined(__AVX512F__)
 #define VLEN 16
 #else
@@ -157,10 +158,8 @@ static inline void row_dots(Matrix W, int o, const float *x, int n, int in, floa
     row_dot4(W, o, rows, in, out);
 }
 
-/* Request row o of W (`ahead` rows before it is multiplied) into the cache without keeping it there. The hardware
- * prefetcher alone does not keep enough reads in flight: with these requests a gpt2-config step (120 MB of
- * weights) went from 1.67 to 1.28 ms, a Llama-config one from 1.16 to 0.91 ms, on this project's 2-core EPYC
- * while its memory read ~75 GB/s; 4 KB ahead gained half as much, 32 and 64 KB slightly less than 16 KB. */
+/* Request row o of W (`ahead` rows before it is multiplied) into the cache without keeping it there: the hardware
+ * prefetcher alone does not keep enough reads in flight to use the memory's full speed. */
 static inline void prefetch_row(Matrix W, int o, int in, int rows) {
     if (o >= rows) return;
     const char *row = W.q ? (const char *)(W.q + (size_t)o * in) : (const char *)(W.w + (size_t)o * in);
@@ -276,8 +275,7 @@ static inline float softmax_numerators(float *restrict s, int first, int last) {
 
 /* attend() for a head size HD that is a multiple of 16 (at most 128), known at compile time: q (pre-scaled) and
  * the accumulators stay in registers, each score takes two independent chains of multiply-adds, and the values
- * are summed two keys at a time into two sets of accumulators. With the keys in L2, head size 64: about 3 ns a key
- * on one core of this project's EPYC, against 8 ns for a plain loop with a scalar expf. */
+ * are summed two keys at a time into two sets of accumulators (about 3x faster a key than the plain loop). */
 static inline __attribute__((always_inline)) void attend_fixed(const int HD, const float *restrict q,
         const float *restrict K, const float *restrict V, int first, int last, float scale, float *restrict s,
         float *restrict y) {
