@@ -1,6 +1,6 @@
 """A decoder-only Transformer over token ids: GPT-2 style or Llama style, chosen by ``ModelConfig``.
 
-The model is plain PyTorch: its KV-cache is an argument (``cache=``), owned by whoever decodes (``armm.backends``).
+The model is plain PyTorch: its KV-cache is an argument (``cache=``), owned by the caller that decodes.
 Ragged batches use left padding: row ``b`` starts with ``pad[b]`` padding slots that no query may
 attend to, and its positions count from its first real token, so a row computes the same thing
 alone or inside a batch.
