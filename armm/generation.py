@@ -89,8 +89,8 @@ def generate(
     PyTorch on this CPU, measured per shape class; PyTorch elsewhere), ``eager``, ``native`` or ``compiled``
     (``torch.compile`` of a static-shape step, replayed as a CUDA graph on a GPU: the first call per model and
     batch size compiles it, later ones reuse it). ``quantize="int8"`` decodes from weight-only int8 copies on the
-    CPU (approximate). Calls on one model take turns, each with its own KV-cache; a stream holds the model's turn
-    until it is exhausted or closed.
+    CPU (approximate). Each call has its own KV-cache and leaves the model as it was (its mode too), so calls on one
+    model may run from several threads at once.
     """
     config = model.config
     device = model.tok_emb.weight.device

@@ -11,7 +11,8 @@ from pydoc_data.topics import topics
 
 import armm
 from armm.backends.base import Decoder
-from armm.backends.eager import EagerDecoder, PreparedLinear, quantize_int8, twin
+from armm.backends.eager import EagerDecoder
+from armm.backends.twin import PreparedLinear, quantize_int8, twin
 from armm.backends.native import NativeDecoder
 from tests.conftest import tiny_model
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import armm
 from armm.backends import library, native, open_decoder
 from armm.backends.base import Decoder
-from armm.backends.eager import quantize_int8
+from armm.backends.twin import quantize_int8
 from armm.backends.native import NativeDecoder, native_weights
 from tests.conftest import tiny_model
 

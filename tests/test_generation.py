@@ -1,5 +1,7 @@
 """The autoregressive loop: batch invariance, stop tokens, streaming, reproducibility and input errors."""
 
+import copy
+
 import pytest
 import torch
 
@@ -74,6 +76,14 @@ def test_streaming_yields_the_same_tokens_step_by_step():
     assert all(len(step) == len(PROMPTS) for step in steps)
     streamed = [[step[row] for step in steps if step[row] is not None] for row in range(len(PROMPTS))]
     assert streamed == whole
+
+
+@pytest.mark.parametrize("backend", ["eager", "native", "auto"])
+def test_a_model_in_training_mode_decodes_without_dropout_and_stays_in_training_mode(backend):
+    model = tiny_model(dropout=0.5).train()
+    expected = armm.generate(copy.deepcopy(model).eval(), PROMPTS, max_new_tokens=12, backend="eager")
+    assert armm.generate(model, PROMPTS, max_new_tokens=12, backend=backend) == expected
+    assert all(m.training for m in model.modules())
 
 
 def test_generation_restores_training_mode_and_leaves_no_state_on_the_model():

@@ -10,16 +10,14 @@
 - ``compiled``: the decode step under ``torch.compile``, CUDA graphs on a GPU (``armm.backends.compiled``).
 
 ``quantize="int8"`` decodes from weight-only int8 copies where the backend supports it (``eager``, ``native``,
-``auto`` on the CPU). Each backend keeps what it prepares (packed or int8 copies, the native step's structs,
-compiled graphs) outside the model, keyed weakly by it, and every call gets its own KV-cache. Calls on one model
-take turns: ``decoding`` holds a per-model lock for the whole call, so two threads generating with one model
-run one after the other (different models run in parallel).
+``auto`` on the CPU). Each backend keeps what it prepares (decode twins with packed or int8 copies, the native
+step's structs, compiled graphs) outside the model, keyed weakly by it; every call gets its own KV-cache and runs
+an eval-mode twin of the model, never switching the model's own mode. So calls on one model from several threads
+run side by side, each as it would alone (tested).
 """
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, get_args
@@ -32,20 +30,10 @@ Backend = Literal["auto", "eager", "native", "compiled"]
 Quantize = Literal["int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 
-_locks: weakref.WeakKeyDictionary[Transformer, threading.RLock] = weakref.WeakKeyDictionary()
-_locks_lock = threading.Lock()
-
-
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     return backend
-
-
-def model_lock(model: Transformer) -> threading.RLock:
-    """The lock calls on ``model`` take turns with (re-entrant: a call may nest another on the same thread)."""
-    with _locks_lock:
-        return _locks.setdefault(model, threading.RLock())
 
 
 def open_decoder(model: Transformer, batch_size: int, max_len: int, backend: str = "auto",
@@ -74,17 +62,13 @@ def open_decoder(model: Transformer, batch_size: int, max_len: int, backend: str
 @contextmanager
 def decoding(model: Transformer, batch_size: int, max_len: int, backend: str = "auto",
              quantize: str | None = None) -> Iterator[Decoder]:
-    """Hold the model's lock, put it in eval mode and give a decoder; the model's mode is restored afterwards.
-    Run it under ``torch.inference_mode`` (as a decorator on a generator, so that the mode is off between its steps)."""
-    check_backend(backend)
-    check_quantize(quantize)
-    with model_lock(model):
-        was_training = model.training
-        model.eval()
-        try:
-            yield open_decoder(model, batch_size, max_len, backend, quantize)
-        finally:
-            model.train(was_training)
+    """A decoder for one call, closed at its end. Run it under ``torch.inference_mode`` (as a decorator on a
+    generator, so that the mode is off between its steps)."""
+    decoder = open_decoder(model, batch_size, max_len, backend, quantize)
+    try:
+        yield decoder
+    finally:
+        decoder.close()
 
 
-__all__ = ["BACKENDS", "QUANTIZE", "Backend", "Quantize", "Decoder", "check_backend", "decoding", "model_lock", "open_decoder"]
+__all__ = ["BACKENDS", "QUANTIZE", "Backend", "Quantize", "Decoder", "check_backend", "decoding", "open_decoder"]

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from armm.backends import library
-from armm.backends.eager import EagerDecoder, Twin, default_format
+from armm.backends.eager import EagerDecoder, default_format
+from armm.backends.twin import Twin
 from armm.backends.native import MAX_ROWS, NativeDecoder, native_weights
 from armm.model import Transformer
 
@@ -100,7 +101,7 @@ def measure(model: Transformer, quantize: str | None, rows: int) -> str:
     B, start = shape_class(rows), 16
     native = NativeDecoder(model, B, start + 1, quantize, takes=lambda b, t: True)
     fmt = default_format(model, quantize)  # a twin of its own, dropped afterwards unless eager wins and builds one
-    runner = Twin(model, fmt).module if fmt is not None else model
+    runner = Twin(model, fmt).module
     eager = EagerDecoder(model, B, start + 1, quantize, cache=native.cache, runner=runner)
     idx = torch.zeros(B, 1, dtype=torch.long)
     times: dict[str, list[float]] = {"native": [], "eager": []}

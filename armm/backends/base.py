@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from armm.backends.twin import Format, twin
 from armm.kv_cache import KVCache
 from armm.model import Transformer
 
@@ -12,20 +13,34 @@ class Decoder:
     """One generation's decoding state: ``batch_size`` rows of ``max_len`` cache slots for one model.
 
     A decoder belongs to one call (``generate``, ``score``, …): its cache is never shared, so two generations on one
-    model cannot write each other's keys and values. Subclasses choose how a forward runs.
+    model cannot write each other's keys and values, and it runs the model's decode twin (``armm.backends.twin``),
+    in eval mode whatever mode the model is in, so it never changes the model. This base class runs the plain twin;
+    subclasses choose how a forward runs.
     """
 
-    name = "eager"
+    name = "plain"
 
-    def __init__(self, model: Transformer, batch_size: int, max_len: int, cache: list[KVCache] | None = None) -> None:
+    def __init__(self, model: Transformer, batch_size: int, max_len: int, cache: list[KVCache] | None = None,
+                 fmt: Format | None = None, runner: nn.Module | None = None) -> None:
+        """``fmt``: the twin's weight format (None: plain); ``runner``: a module to run instead of the twin."""
         check_sizes(model, batch_size, max_len)
-        self.model, self.batch_size, self.max_len = model, batch_size, max_len
+        self.model, self.batch_size, self.max_len, self.fmt = model, batch_size, max_len, fmt
         self.cache = cache if cache is not None else model.new_caches(batch_size, max_len)
+        self._runner = runner
+
+    @property
+    def runner(self) -> nn.Module:
+        """What runs the forwards: the model's decode twin as the model is now (a replaced parameter rebuilds it, a
+        changed weight refreshes its copy; about 30 µs), or the module given."""
+        return self._runner if self._runner is not None else twin(self.model, self.fmt)
 
     def forward(self, idx: Tensor, start: int, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         """Logits ``[B, T, V]`` (the last ``logits_to_keep``, if not 0) of tokens ``idx [B, T]`` at cache slots
         ``start .. start+T-1``; ``pad [B]`` = left padding per row (see ``Transformer.forward``)."""
-        return self.model(idx, cache=self.cache, start=start, pad=pad, logits_to_keep=logits_to_keep)
+        return self.runner(idx, cache=self.cache, start=start, pad=pad, logits_to_keep=logits_to_keep)
+
+    def close(self) -> None:
+        """Give back what the decoder holds beyond its cache (``decoding`` calls it at the end of a call)."""
 
     def step(self, idx: Tensor, slot: int, pad: Tensor | None = None) -> Tensor:
         """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot``."""

@@ -29,7 +29,7 @@ def _decode_step(model: Transformer, idx: Tensor, slot: Tensor, pad: Tensor | No
 class CompiledStep:
     """``Transformer.decode_step`` compiled for batches of ``batch_size`` rows, with the cache and inputs it runs on.
 
-    It holds no reference to the model (the model is an argument of each call), so a model that is dropped is freed.
+    It holds no reference to the model (its decode twin is an argument of each call), so a dropped model is freed.
     """
 
     def __init__(self, model: Transformer, batch_size: int) -> None:
@@ -43,6 +43,7 @@ class CompiledStep:
             torch._dynamo.mark_static_address(tensor)  # CUDA graphs read and write them in place, never copy them
         mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs exist on CUDA only
         self.step = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+        self.lock = threading.Lock()  # held by the decoder using the cache (any thread may give it back)
 
     def matches(self, model: Transformer) -> bool:
         """Whether this step still fits the model (it may have moved to another device or dtype since)."""
@@ -55,7 +56,7 @@ class CompiledStep:
         self.slot.fill_(slot)  # a kernel on the GPU, not a host-to-device copy that would wait for the queue
         torch.compiler.cudagraph_mark_step_begin()
         # A CUDA graph's output lives in memory its next replay overwrites: the caller gets its own copy.
-        return self.step(model, self.tokens, self.slot, pad, self.cache).clone()
+        return self.step(model, self.tokens, self.slot, pad, self.cache).clone()  # model: a decode twin
 
 
 _steps: weakref.WeakKeyDictionary[Transformer, dict[int, CompiledStep]] = weakref.WeakKeyDictionary()
@@ -73,8 +74,8 @@ def compiled_step(model: Transformer, batch_size: int) -> CompiledStep:
 
 class CompiledDecoder(Decoder):
     """Prefill (and any forward of several tokens) in PyTorch, every single-token step through the compiled graph,
-    both on the compiled step's own cache, emptied for each decoder. Generations on one model take turns
-    (``armm.backends.decoding`` holds the model's lock), so no two use that cache at once."""
+    both on the compiled step's own cache, emptied for each decoder and held by it until ``close``. A generation
+    that finds the step busy (another thread's, or a stream not yet closed) compiles a step of its own."""
 
     name = "compiled"
 
@@ -83,11 +84,18 @@ class CompiledDecoder(Decoder):
             raise ValueError("the compiled backend decodes the model's own weights; quantize=None, or use "
                              "backend='native' or 'eager' for int8")
         self.compiled = compiled_step(model, batch_size)
+        if not self.compiled.lock.acquire(blocking=False):
+            self.compiled = CompiledStep(model, batch_size)  # correct, at the cost of compiling again
+            self.compiled.lock.acquire()
         super().__init__(model, batch_size, max_len, cache=self.compiled.cache)
         for layer in self.cache:
             layer.reset()
 
     def step(self, idx: Tensor, slot: int, pad: Tensor | None = None) -> Tensor:
         self.cache[0].check_write(idx.size(0), slot, 1)
-        return self.compiled(self.model, idx, slot, pad)
+        return self.compiled(self.runner, idx, slot, pad)
+
+    def close(self) -> None:
+        if self.compiled.lock.locked():
+            self.compiled.lock.release()
 

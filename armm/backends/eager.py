@@ -1,142 +1,26 @@
-"""The ``eager`` backend: the model's own PyTorch forward, with weight formats that read faster on the CPU.
+"""The ``eager`` backend: the model's PyTorch forward, with weight formats that read faster on the CPU.
 
 A decode step multiplies a few rows by every weight matrix, so its speed is set by how fast the weights are read.
-The eager decoder runs a *decode twin* of the model: a copy of its module tree that shares every parameter and
-buffer with it, whose linear layers multiply a prepared copy of their weight instead:
-
-- ``packed`` (the CPU default for float32): the same weights reordered into oneDNN's blocked layout, which its
-  small-batch kernels read faster than MKL's read ``[out, in]`` weights (docs/performance.md). Results equal
-  ``F.linear`` up to float rounding.
-- ``int8`` (``quantize="int8"``): weight-only int8, symmetric per output channel (``scale = max |w_row| / 127``), a
-  quarter of the bytes, multiplied by ``torch.ops.aten._weight_int8pack_mm`` with bfloat16 activations. An
-  approximation: tests bound its logit error and its greedy agreement with float32 on a trained model.
-
-Elsewhere (another device or dtype) the model itself runs. The twins live here, keyed weakly by model, never on
-the model; each prepared copy remembers the version of the weight it came from, so a changed weight (an optimizer
-step, ``load_state_dict``, ``.to()``) is multiplied directly until the next generation prepares it again.
+The eager decoder runs the model's decode twin (``armm.backends.twin``) with oneDNN-``packed`` float32 copies of
+its linear weights on the CPU, or weight-only ``int8`` copies with ``quantize="int8"``; elsewhere (another device
+or dtype) the plain twin.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-import threading
-import weakref
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from armm.backends.base import Decoder
+from armm.backends.twin import Format, supported
 from armm.kv_cache import KVCache
 from armm.model import Transformer
 
-Format = Literal["packed", "int8"]
 QUANTIZE = (None, "int8")
 
 
 def check_quantize(quantize: str | None) -> None:
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be None (the model's own weights) or 'int8', got {quantize!r}")
-
-
-def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """``[out, in]`` float weight → (int8 ``[out, in]``, bfloat16 scales ``[out]``), symmetric per output row."""
-    scales = weight.detach().abs().amax(dim=1).clamp(min=1e-12) / 127
-    quantized = (weight.detach() / scales[:, None]).round().clamp(-127, 127).to(torch.int8)
-    return quantized.contiguous(), scales.to(torch.bfloat16)
-
-
-def supported(fmt: Format, weight: Tensor) -> bool:
-    """Whether the format's CPU kernel runs for this weight."""
-    if fmt == "packed":
-        return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-    return weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
-
-
-def version_of(weight: Tensor) -> tuple:
-    """Changes whenever the weight does: in place (an optimizer step, ``load_state_dict``) or replaced (``.to()``).
-
-    A weight made under ``torch.inference_mode`` counts no versions, so its version never equals an earlier one:
-    such a layer always multiplies its own weight, never a copy that might be stale."""
-    return weight.data_ptr(), object() if weight.is_inference() else weight._version, weight.dtype, weight.shape
-
-
-class PreparedLinear(nn.Module):
-    """A linear layer that multiplies a prepared copy of ``source``'s weight (sharing its weight and bias)."""
-
-    def __init__(self, source: nn.Linear, fmt: Format) -> None:
-        super().__init__()
-        self.source, self.fmt = source, fmt
-        self.version: tuple | None = None
-        self.tensors: tuple[Tensor, ...] = ()
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Prepare the copy again if the weight changed since (or drop it where the format cannot run)."""
-        weight = self.source.weight
-        version = version_of(weight)
-        if self.version == version:
-            return
-        with torch.no_grad():
-            if not supported(self.fmt, weight):
-                self.tensors = ()
-            elif self.fmt == "packed":
-                self.tensors = (torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1),)
-            else:
-                self.tensors = quantize_int8(weight)
-        self.version = version
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight, bias = self.source.weight, self.source.bias
-        if not self.tensors or torch.is_grad_enabled() or version_of(weight) != self.version:
-            return F.linear(x, weight, bias)  # a stale copy is never multiplied
-        if self.fmt == "packed":
-            return torch.ops.mkldnn._linear_pointwise(x, self.tensors[0], bias, "none", [], "")
-        quantized, scales = self.tensors
-        rows = x.reshape(-1, x.size(-1)).to(torch.bfloat16)  # (B*T, in)
-        y = torch.ops.aten._weight_int8pack_mm(rows, quantized, scales).reshape(*x.shape[:-1], -1).to(x.dtype)
-        return y if bias is None else y + bias
-
-
-class Twin:
-    """A model's decode twin for one format, and what it was built from (see the module docstring)."""
-
-    def __init__(self, model: Transformer, fmt: Format) -> None:
-        tensors = list(itertools.chain(model.parameters(), model.buffers()))
-        self.identity = [id(t) for t in tensors]
-        self.module = copy.deepcopy(model, memo={id(t): t for t in tensors})  # new modules, the same tensors
-        self.linears: list[PreparedLinear] = []
-        for parent in list(self.module.modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Linear:
-                    prepared = PreparedLinear(child, fmt)
-                    setattr(parent, name, prepared)
-                    self.linears.append(prepared)
-
-    def matches(self, model: Transformer) -> bool:
-        """Whether the model still holds the very parameters and buffers the twin shares."""
-        return [id(t) for t in itertools.chain(model.parameters(), model.buffers())] == self.identity
-
-    def refresh(self) -> None:
-        for linear in self.linears:
-            linear.refresh()
-
-
-_twins: weakref.WeakKeyDictionary[Transformer, dict[str, Twin]] = weakref.WeakKeyDictionary()
-_twins_lock = threading.Lock()
-
-
-def twin(model: Transformer, fmt: Format) -> Transformer:
-    """The model's decode twin for ``fmt``, built or refreshed as needed."""
-    with _twins_lock:
-        twins = _twins.setdefault(model, {})
-        found = twins.get(fmt)
-        if found is None or not found.matches(model):
-            found = twins[fmt] = Twin(model, fmt)
-        found.refresh()
-        return found.module
 
 
 def default_format(model: Transformer, quantize: str | None) -> Format | None:
@@ -152,18 +36,12 @@ def default_format(model: Transformer, quantize: str | None) -> Format | None:
 
 
 class EagerDecoder(Decoder):
-    """Every forward through PyTorch: the model, or its decode twin with packed or int8 weights."""
+    """Every forward through PyTorch: the model's decode twin, with packed or int8 weights where they run."""
 
     name = "eager"
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None,
                  cache: list[KVCache] | None = None, runner: nn.Module | None = None) -> None:
-        """``runner``: what runs the forwards (default: the model's decode twin, kept for later calls)."""
-        super().__init__(model, batch_size, max_len, cache)
-        if runner is None:
-            fmt = default_format(model, quantize)
-            runner = twin(model, fmt) if fmt is not None else model
-        self.runner = runner.train(model.training)
+        """``runner``: a module to run instead of the model's decode twin."""
+        super().__init__(model, batch_size, max_len, cache, default_format(model, quantize), runner)
 
-    def forward(self, idx: Tensor, start: int, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
-        return self.runner(idx, cache=self.cache, start=start, pad=pad, logits_to_keep=logits_to_keep)

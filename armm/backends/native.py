@@ -30,7 +30,8 @@ from torch import Tensor, nn
 
 from armm.backends import library
 from armm.backends.base import Decoder
-from armm.backends.eager import EagerDecoder, check_quantize, twin, version_of
+from armm.backends.eager import EagerDecoder, check_quantize
+from armm.backends.twin import twin, version_of
 from armm.backends.library import FLOAT_P, INT8_P, MATRICES, LayerStruct, ModelStruct
 from armm.kv_cache import KVCache
 from armm.model import Transformer, check_pad
@@ -167,7 +168,7 @@ class NativeDecoder(Decoder):
 
     def forward(self, idx: Tensor, start: int, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         B, T = idx.shape if isinstance(idx, Tensor) and idx.dim() == 2 else (0, 0)
-        if not (B and T and self.cache_readable and self.takes(B, T)) or torch.is_grad_enabled() or self.model.training:
+        if not (B and T and self.cache_readable and self.takes(B, T)) or torch.is_grad_enabled():
             return self.fallback(idx, start, pad, logits_to_keep)
         weights = native_weights(self.model, self.int8)
         if weights is None:
@@ -175,8 +176,8 @@ class NativeDecoder(Decoder):
         return self.run(weights, idx, start, pad, logits_to_keep)
 
     def fallback(self, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
-        """A forward the C step does not run: the model's own (no packed copy is made for a few long prefills), or
-        the int8 decode twin's."""
+        """A forward the C step does not run: the plain twin's (no packed copy is made for a few long prefills), or
+        the int8 twin's."""
         if self.int8:
             return self.eager().forward(idx, start, pad, logits_to_keep)
         return super().forward(idx, start, pad, logits_to_keep)
