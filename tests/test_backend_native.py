@@ -230,6 +230,20 @@ def test_bad_steps_raise_instead_of_reading_out_of_bounds(args, error, message, 
 
 
 @needs_native
+def test_a_replaced_cache_tensor_is_never_read_through_a_stale_pointer():
+    model = tiny_model()
+    with torch.inference_mode():
+        decoder = NativeDecoder(model, 1, 8)
+        decoder.forward(torch.tensor([[1, 2]]), 0)
+        decoder.cache[0].k = torch.zeros(1)  # the old buffer is freed unless the step keeps it
+        with pytest.raises(ValueError, match="KV-cache no longer holds contiguous float32 CPU tensors"):
+            decoder.forward(torch.tensor([[3]]), 2)
+        decoder.cache[0].k = torch.zeros_like(decoder.cache[0].v)  # a readable replacement is pointed at anew
+        expected = Decoder(model, 1, 8, cache=decoder.cache).forward(torch.tensor([[3]]), 2)
+        torch.testing.assert_close(decoder.forward(torch.tensor([[3]]), 2), expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_native
 def test_positions_past_the_position_table_raise():
     model = tiny_model(max_seq_len=8)
     with pytest.raises(ValueError, match="longer than the model's context"):

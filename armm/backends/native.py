@@ -164,7 +164,9 @@ class NativeDecoder(Decoder):
         self._eager: EagerDecoder | None = None
         self.work = torch.empty(0)
         self.cache_readable = all(_readable(t) for c in self.cache for t in (c.k, c.v))
+        self.cache_shape = self.cache[0].k.shape  # [B, n_kv_head, max_len, head_dim], as made
         self._weights: NativeWeights | None = None
+        self._cache_tensors: list[Tensor] = []  # what the struct's cache pointers point at
 
     def forward(self, idx: Tensor, start: int, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         B, T = idx.shape if isinstance(idx, Tensor) and idx.dim() == 2 else (0, 0)
@@ -191,8 +193,8 @@ class NativeDecoder(Decoder):
     def run(self, weights: NativeWeights, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
         """One call of the C step, after checking every argument it reads."""
         B, T = idx.shape
-        idx, pad, keep = self._checked(idx, start, pad, logits_to_keep)
         struct = self._struct(weights)
+        idx, pad, keep = self._checked(idx, start, pad, logits_to_keep)
         work = weights.lib.armm_work_size(ctypes.byref(struct), B * T)  # scratch floats, for this cache's length
         if self.work.numel() < work:
             self.work = torch.empty(work)
@@ -227,8 +229,13 @@ class NativeDecoder(Decoder):
         return idx, pad, min(logits_to_keep, T) or T
 
     def _struct(self, weights: NativeWeights) -> ModelStruct:
-        """The weights' struct with this decoder's cache: its own copy, so the shared one is never written."""
-        if self._weights is not weights:
+        """The weights' struct with this decoder's cache: its own copy, so the shared one is never written. Rebuilt
+        when the weights were, or when the cache's tensors are not the ones it points at (kept alive here)."""
+        tensors = [t for layer in self.cache for t in (layer.k, layer.v)]
+        if self._weights is not weights or [id(t) for t in tensors] != [id(t) for t in self._cache_tensors]:
+            if not all(isinstance(t, Tensor) and _readable(t) and t.shape == self.cache_shape for t in tensors):
+                raise ValueError(f"the decoder's KV-cache no longer holds contiguous float32 CPU tensors of shape "
+                                 f"{tuple(self.cache_shape)}; open a new decoder")
             layers = (LayerStruct * len(weights.layers))()
             ctypes.memmove(layers, weights.layers, ctypes.sizeof(layers))
             for layer, cache in zip(layers, self.cache):
@@ -236,7 +243,8 @@ class NativeDecoder(Decoder):
                 layer.v_cache = ctypes.cast(cache.v.data_ptr(), FLOAT_P)
             struct = ModelStruct()
             ctypes.memmove(ctypes.byref(struct), ctypes.byref(weights.struct), ctypes.sizeof(struct))
-            struct.cache_len = self.cache[0].max_len
+            struct.cache_len = self.cache_shape[2]
             struct.layers = layers
             self._weights, self._own_struct = weights, struct  # the struct keeps its layers array alive
+            self._cache_tensors = tensors
         return self._own_struct
