@@ -23,12 +23,13 @@ from contextlib import contextmanager
 from typing import Literal, get_args
 
 from armm.backends.base import Decoder
-from armm.backends.eager import QUANTIZE, check_quantize
+from armm.backends.eager import QUANTIZE, EagerDecoder, check_quantize
 from armm.model import Transformer
 
 Backend = Literal["auto", "eager", "native", "compiled"]
 Quantize = Literal["int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
+
 
 def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
@@ -47,8 +48,6 @@ def open_decoder(model: Transformer, batch_size: int, max_len: int, backend: str
 
         return CompiledDecoder(model, batch_size, max_len, quantize)
     if backend == "eager" or not cpu:
-        from armm.backends.eager import EagerDecoder
-
         return EagerDecoder(model, batch_size, max_len, quantize)
     if backend == "native":
         from armm.backends.native import NativeDecoder

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from armm.model import Transformer
 
 Format = Literal["packed", "int8"]  # None: the plain twin, nn.Linear as the model has it
+
+
 def quantize_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
     """``[out, in]`` float weight → (int8 ``[out, in]``, bfloat16 scales ``[out]``), symmetric per output row."""
     scales = weight.detach().abs().amax(dim=1).clamp(min=1e-12) / 127
