@@ -19,6 +19,9 @@ _CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "
 _INTEGERS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len")
 _NUMBERS = ("rope_theta", "norm_eps", "dropout")
 _FLAGS = ("bias", "tie_embeddings")
+ROPE_SCALINGS = {  # rope_type → its parameters (as Hugging Face names them)
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 
 @dataclass
@@ -28,7 +31,9 @@ class ModelConfig:
     ``n_kv_head`` < ``n_head`` gives grouped-query attention; ``None`` means ``n_head`` (plain
     multi-head attention). ``d_ff`` defaults to ``4 * d_model`` for GELU and to the Llama rule
     (``2/3 * 4 * d_model`` rounded up to a multiple of 64) for SwiGLU. GELU uses the tanh
-    approximation, as GPT-2 does.
+    approximation, as GPT-2 does. ``rope_scaling`` rescales RoPE's frequencies for a longer context, as
+    Llama 3.1 does: ``{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192}`` (``ROPE_SCALINGS`` lists the types and their parameters).
     """
 
     vocab_size: int = 256
@@ -46,6 +51,7 @@ class ModelConfig:
     bias: bool = True
     dropout: float = 0.0
     tie_embeddings: bool = True
+    rope_scaling: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -70,6 +76,30 @@ class ModelConfig:
         for field in ("rope_theta", "norm_eps"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"ModelConfig.{field} must be > 0, got {getattr(self, field)}")
+        if self.rope_scaling is not None:
+            self._check_rope_scaling()
+
+    def _check_rope_scaling(self) -> None:
+        """A known ``rope_type`` with exactly its parameters, each a positive number, on a RoPE model."""
+        scaling = self.rope_scaling
+        kind = scaling.get("rope_type") if isinstance(scaling, dict) else None
+        if kind not in ROPE_SCALINGS:
+            raise ValueError(f"ModelConfig.rope_scaling must be None or a dict with rope_type in "
+                             f"{tuple(ROPE_SCALINGS)}, got {scaling!r}")
+        if self.position != "rope":
+            raise ValueError(f"ModelConfig.rope_scaling scales RoPE, but position={self.position!r}; set "
+                             f"position='rope' or rope_scaling=None")
+        expected = {"rope_type", *ROPE_SCALINGS[kind]}
+        if set(scaling) != expected:
+            raise ValueError(f"ModelConfig.rope_scaling of rope_type {kind!r} takes exactly the keys "
+                             f"{sorted(expected)}, got {sorted(scaling)}")
+        for key in ROPE_SCALINGS[kind]:
+            value = scaling[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"ModelConfig.rope_scaling[{key!r}] must be a finite number > 0, got {value!r}")
+        if scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+            raise ValueError(f"ModelConfig.rope_scaling needs high_freq_factor > low_freq_factor, got "
+                             f"{scaling['high_freq_factor']} <= {scaling['low_freq_factor']}")
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong JSON type (``"n_layer": "2"``, ``"bias": "no"``), naming the field."""

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from armm.checkpoint import TOKENIZER_DIR, load_model, save_model
-from armm.config import ModelConfig
+from armm.config import ROPE_SCALINGS, ModelConfig
 from armm.files import read_json_object
 from armm.model import Transformer
 from armm.plugins import get_plugins
@@ -123,10 +123,24 @@ def sliding_window(hf: dict[str, Any]) -> int | None:
 
 
 def llama_config(hf: dict[str, Any], architecture: str) -> ModelConfig:
-    if hf.get("rope_scaling"):
-        raise ValueError(f"unsupported feature: rope_scaling={hf['rope_scaling']!r}; armm supports plain RoPE only")
-    rope = hf.get("rope_parameters") or {}
-    _need(rope, "rope_type", ("default",), "default", "RoPE scaling (rope_parameters.rope_type)")
+    """The core config of a Llama-family config.json. RoPE parameters sit in ``rope_parameters`` (transformers 5)
+    or ``rope_scaling`` and a top-level ``rope_theta`` (earlier); ``rope_scaling`` wins when both are set, as in
+    transformers. Plain and ``llama3`` RoPE load; other RoPE types are refused."""
+    legacy = bool(hf.get("rope_scaling"))
+    rope = dict(hf["rope_scaling"] if legacy else hf.get("rope_parameters") or {})
+    rope.setdefault("rope_type", rope.get("type", "default"))  # the oldest files say "type"
+    _need(rope, "rope_type", ("default", *ROPE_SCALINGS), "default",
+          "rope_scaling" if legacy else "RoPE scaling (rope_parameters.rope_type)")
+    max_seq_len = hf.get("max_position_embeddings", 2048)
+    kind, scaling = rope["rope_type"], None
+    if kind != "default":
+        original = "original_max_position_embeddings"  # as in transformers: a top-level value wins, else the context
+        rope[original] = hf.get(original, rope.get(original, max_seq_len))
+        missing = [key for key in ROPE_SCALINGS[kind] if key not in rope]
+        if missing:
+            raise ValueError(f"{CONFIG_FILE}: RoPE scaling of rope_type {kind!r} needs {missing}, which "
+                             f"{'rope_scaling' if legacy else 'rope_parameters'} lacks")
+        scaling = {"rope_type": kind, **{key: rope[key] for key in ROPE_SCALINGS[kind]}}
     _need(hf, "hidden_act", ("silu",), "silu", "an MLP activation other than SiLU (SwiGLU)")
     _need(hf, "partial_rotary_factor", (1, 1.0), 1.0, "partial rotary embeddings")
     d_model, n_head = _dim(hf, "hidden_size"), _dim(hf, "num_attention_heads")
@@ -135,7 +149,6 @@ def llama_config(hf: dict[str, Any], architecture: str) -> ModelConfig:
             f"unsupported feature: head_dim={hf['head_dim']} while hidden_size / num_attention_heads = "
             f"{d_model / n_head:g}; the core's head_dim is always d_model / n_head"
         )
-    max_seq_len = hf.get("max_position_embeddings", 2048)
     window = sliding_window(hf)
     return ModelConfig(
         vocab_size=_dim(hf, "vocab_size"), n_layer=_dim(hf, "num_hidden_layers"), n_head=n_head,
@@ -143,7 +156,7 @@ def llama_config(hf: dict[str, Any], architecture: str) -> ModelConfig:
         max_seq_len=min(max_seq_len, window) if window else max_seq_len,  # within the window attention is full
         position="rope", rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", bias=bool(llama_biases(hf, architecture)),
-        tie_embeddings=hf.get("tie_word_embeddings", False),
+        tie_embeddings=hf.get("tie_word_embeddings", False), rope_scaling=scaling,
     )
 
 
@@ -181,7 +194,9 @@ def hf_config(config: ModelConfig, family: Family, special_ids: dict[str, int]) 
         num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head, hidden_size=config.d_model,
         head_dim=config.head_dim, intermediate_size=config.d_ff, max_position_embeddings=config.max_seq_len,
         hidden_act="silu", rms_norm_eps=config.norm_eps, attention_bias=config.bias, mlp_bias=config.bias,
-        rope_theta=config.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        rope_theta=config.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta,
+                                                       **(config.rope_scaling or {})},
+        **({"rope_scaling": config.rope_scaling} if config.rope_scaling else {}),  # what transformers < 5 reads
         **common,
     )
 
@@ -313,14 +328,20 @@ def gpt2_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # --- tokenizer -------------------------------------------------------------------------------------------
 def load_hf_tokenizer(directory: Path, hf: dict[str, Any]) -> Tokenizer | None:
-    """tokenizer.json wrapped by the text plugin's BPETokenizer, with bos/eos/pad from tokenizer_config.json
-    (or the ids in config.json); None if the folder has no tokenizer.json."""
+    """tokenizer.json wrapped by the text plugin's BPETokenizer; None if the folder has no tokenizer.json.
+
+    The roles bos/eos/pad come from tokenizer_config.json (or the ids in config.json), more roles from its
+    ``extra_special_tokens`` mapping (how armm exports them). The tokenizer.json's added tokens marked special are
+    special anyway; so are the vocabulary's tokens the config marks special (``added_tokens_decoder`` entries
+    with ``"special": true``, ``additional_special_tokens``, ``unk_token``…), as ``transformers`` makes them.
+    """
     path = directory / TOKENIZER_FILE
     if not path.is_file():
         return None
     settings = directory / TOKENIZER_CONFIG_FILE
     tokenizer_config = read_json_object(settings, "tokenizer settings") if settings.is_file() else {}
-    text_of = _token_texts(read_json_object(path, "a Hugging Face tokenizer"))
+    tokenizer_json = read_json_object(path, "a Hugging Face tokenizer")
+    text_of = _token_texts(tokenizer_json)
     roles: dict[str, str | None] = {}
     for role in ROLES:
         token = _token_text(tokenizer_config.get(f"{role}_token"))
@@ -329,12 +350,46 @@ def load_hf_tokenizer(directory: Path, hf: dict[str, Any]) -> Tokenizer | None:
             token_id = token_id[0] if isinstance(token_id, list) and token_id else token_id
             token = text_of.get(token_id) if isinstance(token_id, int) else None
         roles[role] = token if token not in roles.values() else None
-    return get_plugins().tokenizers.get("text-bpe").from_file(path, **roles)
+    vocabulary = set(text_of.values())
+    taken = {token for token in roles.values() if token is not None}
+    extra: dict[str, str] = {}
+    for name, token in _named_special_tokens(tokenizer_config).items():
+        if name not in ROLES and token in vocabulary and token not in taken:
+            extra[name] = token
+            taken.add(token)
+    taken |= {added.get("content") for added in tokenizer_json.get("added_tokens", []) if added.get("special")}
+    unnamed = [token for token in dict.fromkeys(_config_special_tokens(tokenizer_config))
+               if token in vocabulary and token not in taken]
+    return get_plugins().tokenizers.get("text-bpe").from_file(
+        path, **roles, extra_special_tokens=extra, unnamed_special_tokens=unnamed)
+
+
+def _named_special_tokens(tokenizer_config: dict[str, Any]) -> dict[str, str]:
+    """Name → token of ``extra_special_tokens`` given as a mapping (transformers 5; ``model_specific_special_tokens``
+    when transformers saved the config)."""
+    named: dict[str, str] = {}
+    for key in ("extra_special_tokens", "model_specific_special_tokens"):
+        value = tokenizer_config.get(key)
+        if isinstance(value, dict):
+            named.update({name: token for name, entry in value.items() if (token := _token_text(entry)) is not None})
+    return named
+
+
+def _config_special_tokens(tokenizer_config: dict[str, Any]) -> list[str]:
+    """The tokens tokenizer_config.json marks special without a role armm names."""
+    entries = [added for added in (tokenizer_config.get("added_tokens_decoder") or {}).values()
+               if isinstance(added, dict) and added.get("special")]
+    for key in ("additional_special_tokens", "extra_special_tokens"):
+        if isinstance(tokenizer_config.get(key), list):
+            entries += tokenizer_config[key]
+    entries += [tokenizer_config.get(f"{name}_token") for name in ("unk", "sep", "cls", "mask")]
+    return [token for entry in entries if (token := _token_text(entry)) is not None]
 
 
 def _token_text(token: Any) -> str | None:
     """A tokenizer_config.json special token: a string, or an AddedToken dict with ``content``."""
-    return token.get("content") if isinstance(token, dict) else token
+    token = token.get("content") if isinstance(token, dict) else token
+    return token if isinstance(token, str) else None
 
 
 def _token_texts(tokenizer_json: dict[str, Any]) -> dict[int, str]:
@@ -385,13 +440,17 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def hf_tokenizer_config(model_dir: Path, config: ModelConfig, backend: Any, special_ids: dict[str, int]) -> dict:
-    """The imported tokenizer_config.json (chat template and all) if there is one, with armm's special tokens."""
+    """The imported tokenizer_config.json (chat template and all) if there is one, with armm's special tokens: the
+    roles bos/eos/pad, and any other role by name in ``extra_special_tokens``."""
     kept = model_dir / TOKENIZER_DIR / TOKENIZER_CONFIG_FILE
     settings = read_json_object(kept, "tokenizer settings") if kept.is_file() else {}
     settings.update(tokenizer_class="PreTrainedTokenizerFast", model_max_length=config.max_seq_len)
     for role in ROLES:
         token_id = special_ids.get(role)
         settings[f"{role}_token"] = backend.id_to_token(token_id) if token_id is not None else None
+    extra = {role: backend.id_to_token(token_id) for role, token_id in special_ids.items() if role not in ROLES}
+    if extra:  # transformers 5 names them so; the other special tokens are marked special in tokenizer.json
+        settings["extra_special_tokens"] = extra
     return settings
 
 

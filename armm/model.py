@@ -9,6 +9,7 @@ alone or inside a batch.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +25,28 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
-def rope_tables(max_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin tables ``[max_len, head_dim]`` for rotary embeddings (half-rotation layout, as in Llama)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+def rope_tables(max_len: int, head_dim: int, theta: float,
+                scaling: dict[str, Any] | None = None) -> tuple[Tensor, Tensor]:
+    """cos and sin tables ``[max_len, head_dim]`` for rotary embeddings (half-rotation layout, as in Llama);
+    ``scaling`` is a ``ModelConfig.rope_scaling``."""
+    inv_freq = rope_frequencies(head_dim, theta, scaling)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (L, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (L, hd)
     return angles.cos(), angles.sin()
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None = None) -> Tensor:
+    """RoPE's inverse frequencies ``[head_dim / 2]``: ``theta ** (-2i / head_dim)``, rescaled by ``scaling`` (a
+    ``ModelConfig.rope_scaling``). Llama 3.1's ``llama3`` rule divides the frequencies whose wavelength exceeds
+    ``original_max_position_embeddings / low_freq_factor`` by ``factor``, keeps those whose wavelength is below
+    ``original_max_position_embeddings / high_freq_factor``, and blends the two linearly in between."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if scaling is None:
+        return inv_freq
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    periods = scaling["original_max_position_embeddings"] * inv_freq / (2 * math.pi)  # original context / wavelength
+    kept = ((periods - low) / (high - low)).clamp(0, 1)  # 0: divided by factor, 1: kept
+    return (1 - kept) * inv_freq / scaling["factor"] + kept * inv_freq
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -61,13 +78,16 @@ def attention_mask(start: int, length: int, pad: Tensor | None, device: torch.de
     return visible[:, None], False  # (B or 1, 1, T, L)
 
 
-def static_attention_mask(slot: Tensor, max_len: int, pad: Tensor | None) -> Tensor:
-    """The mask for one query per row at slot ``slot`` (0-dim) over all ``max_len`` slots of the cache: keys at
-    ``pad[b] .. slot`` → boolean ``[B or 1, 1, 1, max_len]`` (True = may attend), the same shape at every step."""
-    key = torch.arange(max_len, device=slot.device)  # (L,)
-    visible = (key <= slot)[None]  # (1, L)
-    if pad is not None:
-        visible = visible & (key[None] >= pad[:, None])  # (B, L)
+def cache_attention_mask(slot: int | Tensor, max_len: int, pad: Tensor | None, device: torch.device) -> Tensor:
+    """The mask for one query per row at slot ``slot`` over all ``max_len`` slots of a cache, rolling or not.
+
+    Cache slot ``j`` holds the latest slot ``≡ j (mod max_len)`` up to ``slot`` (negative: not written yet), so the
+    query sees the last ``max_len`` slots, from each row's first real token ``pad[b]`` on → boolean ``[B or 1, 1, 1,
+    max_len]`` (True = may attend). Below ``max_len`` that is plainly the slots ``pad[b] .. slot``. The shape is the
+    same at every step, as graph capture needs."""
+    key = torch.arange(max_len, device=device)  # (L,)
+    held = slot - (slot - key) % max_len  # (L,): the slot each cache slot holds now
+    visible = held[None] >= (pad[:, None] if pad is not None else 0)  # (B or 1, L)
     return visible[:, None, None]  # (B or 1, 1, 1, L)
 
 
@@ -152,7 +172,7 @@ class Transformer(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
-            cos, sin = rope_tables(config.max_seq_len, config.head_dim, config.rope_theta)
+            cos, sin = rope_tables(config.max_seq_len, config.head_dim, config.rope_theta, config.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -175,11 +195,18 @@ class Transformer(nn.Module):
             total -= 0 if self.config.tie_embeddings else self.tok_emb.weight.numel()
         return total
 
-    def new_caches(self, batch_size: int, max_len: int) -> list[KVCache]:
-        """One empty KV-cache per layer, ``batch_size`` rows of ``max_len`` slots, in the weights' dtype and device."""
+    def new_caches(self, batch_size: int, max_len: int, rolling: bool = False) -> list[KVCache]:
+        """One empty KV-cache per layer, ``batch_size`` rows of ``max_len`` slots, in the weights' dtype and device.
+
+        A ``rolling`` cache takes tokens past its length one at a time, each replacing the oldest: attention then
+        covers the last ``max_len`` tokens (a sliding window). Only RoPE models can roll one, since their attention
+        scores depend on relative positions alone; learned positions must recompute the window instead."""
         weight, c = self.tok_emb.weight, self.config
-        return [KVCache(batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device)
-                for _ in self.blocks]
+        if rolling and c.position != "rope":
+            raise ValueError("a rolling KV-cache needs RoPE positions: a model with learned positions sees each "
+                             "token at its place in the window, so recompute the window instead (generate does)")
+        return [KVCache(batch_size, c.n_kv_head, max_len, c.head_dim, dtype=weight.dtype, device=weight.device,
+                        rolling=rolling) for _ in self.blocks]
 
     # --- forward -------------------------------------------------------------------------------
     def forward(self, idx: Tensor, *, cache: list[KVCache] | None = None, start: int = 0, pad: Tensor | None = None,
@@ -193,10 +220,16 @@ class Transformer(nn.Module):
         B, T = idx.shape
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
-        if pad is None and start + T > self.config.max_seq_len:
+        rolled = cache is not None and start + T > cache[0].max_len  # a rolling cache past its length (checked)
+        if pad is None and start + T > self.config.max_seq_len and not rolled:
             raise self.config.too_long(start + T)
-        mask, is_causal = attention_mask(start, T, pad, idx.device)
-        return self._layers(idx, positions, mask, is_causal, start, cache, logits_to_keep)
+        if rolled:
+            cache[0].check_write(B, start, T)  # one token at a time, before any layer writes
+            mask, is_causal = cache_attention_mask(start, cache[0].max_len, pad, idx.device), False
+        else:
+            mask, is_causal = attention_mask(start, T, pad, idx.device)
+        rope = self.rope_at(positions, computed=start + T > self.config.max_seq_len)
+        return self._layers(idx, positions, rope, mask, is_causal, start, cache, logits_to_keep)
 
     def decode_step(self, idx: Tensor, slot: Tensor, pad: Tensor | None, cache: list[KVCache]) -> Tensor:
         """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot`` (a 0-dim long tensor).
@@ -205,17 +238,30 @@ class Transformer(nn.Module):
         number changes from step to step, the cache is written with ``index_copy_`` and attention covers all its
         slots under a mask. The caller keeps ``slot`` below the cache's length."""
         positions = (slot - pad).clamp(min=0)[:, None] if pad is not None else slot.view(1, 1)  # (B or 1, 1)
-        mask = static_attention_mask(slot, cache[0].max_len, pad)
-        return self._layers(idx, positions, mask, False, slot, cache, 1)[:, -1]
+        mask = cache_attention_mask(slot, cache[0].max_len, pad, slot.device)
+        rope = self.rope_at(positions, computed=cache[0].rolling)  # a rolling cache's positions pass the tables
+        return self._layers(idx, positions, rope, mask, False, slot, cache, 1)[:, -1]
 
-    def _layers(self, idx: Tensor, positions: Tensor, mask: Tensor | None, is_causal: bool, start: int | Tensor,
-                cache: list[KVCache] | None, logits_to_keep: int) -> Tensor:
+    def rope_at(self, positions: Tensor, computed: bool) -> tuple[Tensor, Tensor] | None:
+        """RoPE's cos and sin ``[B or 1, T, head_dim]`` at ``positions`` (None with learned positions): read from the
+        tables, or ``computed`` the same way for positions the tables may not reach (a rolling cache)."""
+        if self.pos_emb is not None:
+            return None
+        if not computed:
+            return self.rope_cos[positions], self.rope_sin[positions]
+        c = self.config
+        inv_freq = rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling).to(positions.device)
+        angles = positions[..., None].float() * inv_freq  # (B or 1, T, hd/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (B or 1, T, hd)
+        return angles.cos(), angles.sin()
+
+    def _layers(self, idx: Tensor, positions: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
+                is_causal: bool, start: int | Tensor, cache: list[KVCache] | None, logits_to_keep: int) -> Tensor:
         """Embeddings, the blocks, the final norm and the output layer (for the last ``logits_to_keep`` positions,
         0 = all)."""
         x = self.tok_emb(idx)  # (B, T, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
-        rope = (self.rope_cos[positions], self.rope_sin[positions]) if self.pos_emb is None else None
         x = F.dropout(x, self.config.dropout, self.training)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, mask, is_causal, start, cache[i] if cache is not None else None)

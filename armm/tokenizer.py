@@ -59,6 +59,11 @@ class Tokenizer(ABC):
     def decode(self, ids: Sequence[int]) -> Any:
         """Token ids → one sample; special tokens are skipped. Ids outside the vocabulary raise ValueError."""
 
+    def token_bytes(self, token: int) -> bytes:
+        """The UTF-8 bytes one token of a text tokenizer adds to decoded text, which may be part of a character
+        (``decode([token])`` turns that into U+FFFD); by default the UTF-8 of ``decode([token])``."""
+        return self.decode([token]).encode("utf-8")
+
     @abstractmethod
     def save(self, directory: str | Path) -> None:
         """Write everything ``load`` needs into ``directory`` (which exists)."""
@@ -171,6 +176,10 @@ class ByteTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         self.check_ids(ids)
         return bytes(token for token in ids if token < 256).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        self.check_ids([token])
+        return bytes([token]) if token < 256 else b""
 
     def read(self, source: str | Path) -> list[str]:
         return [read_text(path) for path in find_files(source, (".txt", ".md"), what="text files")]

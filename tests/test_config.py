@@ -44,3 +44,21 @@ def test_unknown_preset_and_unknown_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"n_layers": 3}))
     with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['n_layers'\]"):
         armm.ModelConfig.load(tmp_path / "config.json")
+
+
+def test_rope_scaling_round_trips_and_bad_scalings_are_refused(tmp_path):
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+    config = armm.ModelConfig.from_name("llama-tiny", rope_scaling=scaling)
+    config.save(tmp_path / "config.json")
+    assert armm.ModelConfig.load(tmp_path / "config.json") == config and config.rope_scaling == scaling
+    for bad, message in [({"rope_type": "yarn", "factor": 4.0}, r"rope_type in \('llama3',\)"),
+                         ("llama3", "must be None or a dict"),
+                         ({**scaling, "extra": 1}, "takes exactly the keys"),
+                         ({**scaling, "factor": 0}, r"rope_scaling\['factor'\] must be a finite number > 0"),
+                         ({**scaling, "factor": "8"}, r"rope_scaling\['factor'\]"),
+                         ({**scaling, "high_freq_factor": 1.0}, "high_freq_factor > low_freq_factor")]:
+        with pytest.raises(ValueError, match=message):
+            armm.ModelConfig.from_name("llama-tiny", rope_scaling=bad)
+    with pytest.raises(ValueError, match="rope_scaling scales RoPE, but position='learned'"):
+        armm.ModelConfig.from_name("gpt2-tiny", rope_scaling=scaling)

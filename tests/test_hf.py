@@ -1,5 +1,6 @@
 """Hugging Face checkpoints: logits and greedy generation match ``transformers``; export round-trips; clear errors."""
 
+import dataclasses
 import importlib.util
 import json
 
@@ -11,6 +12,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 import armm
 from armm.cli import main
 from armm.hf import export_hf, load_hf
+from armm.model import rope_frequencies
 from tests.conftest import tiny_model
 
 needs_transformers = pytest.mark.skipif(
@@ -245,3 +247,104 @@ def test_weights_that_do_not_match_the_config(gpt2_dir):
     (gpt2_dir / "model.safetensors").rename(gpt2_dir / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match="armm never unpickles"):
         load_hf(gpt2_dir)
+
+
+# --- Llama 3.1 RoPE scaling ------------------------------------------------------------------------------
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 16}  # a short original context: the test's positions feel it
+
+
+def llama3_hf_model():
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**LLAMA_DIMS, rope_parameters={"rope_theta": 10000.0, **LLAMA3_SCALING})
+    model = transformers.LlamaForCausalLM(config)
+    perturb(model.float().eval())
+    return model
+
+
+@needs_transformers
+def test_llama3_rope_frequencies_equal_transformers():
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = dict(LLAMA3_SCALING, original_max_position_embeddings=48)  # wavelengths kept, blended and slowed
+    config = transformers.LlamaConfig(**LLAMA_DIMS, rope_parameters={"rope_theta": 10000.0, **scaling})
+    want, attention_factor = ROPE_INIT_FUNCTIONS["llama3"](config)
+    got, plain = rope_frequencies(16, 10000.0, scaling), rope_frequencies(16, 10000.0)
+    assert attention_factor == 1.0 and torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert (got == plain).any() and (got == plain / 8).any() and ((got < plain) & (got > plain / 8)).any()
+
+
+@needs_transformers
+def test_llama3_rope_scaling_imports_with_logit_parity_and_exports_back(tmp_path):
+    import transformers
+
+    hf = llama3_hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    model, _ = load_hf(tmp_path / "hf")
+    assert model.config.rope_scaling == LLAMA3_SCALING
+    ids = random_ids()
+    assert max_logit_diff(hf, model, ids) < TOLERANCE
+    assert armm.generate(model, ids.tolist(), max_new_tokens=12) == hf_greedy(hf, ids, 12)
+    unscaled = armm.Transformer(dataclasses.replace(model.config, rope_scaling=None)).eval()
+    unscaled.load_state_dict(model.state_dict())
+    assert max_logit_diff(hf, unscaled, ids) > 100 * TOLERANCE  # the scaling matters at these positions
+
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())  # the same, as transformers 4 wrote it
+    legacy = {key: value for key, value in LLAMA3_SCALING.items() if key != "rope_type"} | {"type": "llama3"}
+    edit_config(tmp_path / "hf", rope_parameters=None, rope_theta=10000.0, rope_scaling=legacy)
+    assert load_hf(tmp_path / "hf")[0].config == model.config
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+
+    armm.save_model(tmp_path / "armm", model)
+    assert armm.load_model(tmp_path / "armm")[0].config == model.config  # config.json keeps it
+    export_hf(tmp_path / "armm", tmp_path / "back")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert back.config.rope_parameters["rope_type"] == "llama3"
+    assert max_logit_diff(back, model, ids) < TOLERANCE
+    assert load_hf(tmp_path / "back")[0].config == model.config
+
+
+def test_the_native_step_reads_the_scaled_rope_tables():
+    """The C step rotates by the model's rope_cos / rope_sin buffers, so a scaled model decodes alike natively."""
+    from armm.backends import library
+
+    if not library.available():
+        pytest.skip("no C compiler: armm decodes in PyTorch here")
+    model = tiny_model("llama-tiny", vocab_size=VOCAB, rope_scaling=LLAMA3_SCALING)
+    perturb(model)
+    assert not torch.allclose(model.rope_cos, tiny_model("llama-tiny", vocab_size=VOCAB).rope_cos)
+    prompts = random_ids(2, 10).tolist()
+    logits = {}
+    for backend in ("eager", "native"):
+        sampler = RecordingSampler()
+        tokens = armm.generate(model, prompts, max_new_tokens=20, sampler=sampler, backend=backend)
+        logits[backend] = (tokens, torch.stack(sampler.logits))
+    assert logits["native"][0] == logits["eager"][0]
+    torch.testing.assert_close(logits["native"][1], logits["eager"][1], rtol=0, atol=TOLERANCE)
+
+
+class RecordingSampler(armm.Sampler):
+    """Greedy, keeping each step's logits."""
+
+    def __init__(self) -> None:
+        super().__init__(armm.build_sampler("greedy").transforms, "greedy")
+        self.logits = []
+
+    def __call__(self, logits, tokens, generators=None):
+        self.logits.append(logits.clone())
+        return super().__call__(logits, tokens, generators)
+
+
+def test_rope_types_other_than_llama3_are_still_refused(tmp_path):
+    armm.save_model(tmp_path / "armm", tiny_model("llama-tiny", vocab_size=VOCAB))
+    hf_dir = export_hf(tmp_path / "armm", tmp_path / "hf")
+    edit_config(hf_dir, rope_scaling={"type": "dynamic", "factor": 2.0})
+    with pytest.raises(ValueError, match=r"unsupported feature: rope_scaling \(rope_type='dynamic'\); armm "
+                                         r"supports rope_type in \('default', 'llama3'\)"):
+        load_hf(hf_dir)
+    edit_config(hf_dir, rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    with pytest.raises(ValueError, match=r"needs \['low_freq_factor', 'high_freq_factor'\]"):
+        load_hf(hf_dir)

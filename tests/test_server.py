@@ -268,7 +268,7 @@ def completion(**kw):
     (completion(prompt="x" * CONTEXT), 400, "prompt"),  # the prompt alone fills the context
     (completion(prompt=[1, 2, 999]), 400, "prompt"),  # a token id outside the vocabulary
     (completion(stop=[""]), 400, "stop"),
-    (completion(logprobs=2), 400, None),  # not supported: refused, not ignored
+    (completion(best_of=2), 400, None),  # not supported: refused, not ignored
     (completion(model="gpt-4"), 404, "model"),  # unknown model
 ])
 def test_bad_completion_requests_get_openai_errors(url, body, status, param):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from armm.chat.templates import ChatTemplate, Rendered, get_template, render, template_for_model
 from armm.backends import Backend
-from armm.checkpoint import load_model_with_tokenizer
-from armm.generation import generate
+from armm.generation import PastContext, generate
 from armm.layout import sampler_for
+from armm.pretrained import load_pretrained
 from armm.sampling import build_sampler
 from armm.textstream import stream_text
 from armm.tokenizer import Tokenizer
@@ -60,33 +60,34 @@ def chat(
     seed: int | None = None,
     show_prompt: bool = False,
     backend: Backend = "auto",
+    past_context: PastContext = "recompute",
 ) -> None:
     """Chat with a saved model in the terminal: type a message, read the reply as it is generated.
 
     Args:
-        model_dir: A model directory (config.json, model.safetensors, tokenizer/).
+        model_dir: A model directory (config.json, model.safetensors, tokenizer/), or a Hugging Face
+            checkpoint folder with its tokenizer (GPT-2, Llama, Mistral, Qwen2).
         template: A chat template: chatml, llama-3, llama-2, gemma, or a tokenizer_config.json / .jinja file;
             by default the model directory's own template, else chatml.
         system: A system message to start with (change it with /system TEXT).
         sampler: A sampler spec such as "greedy" or "temperature=0.7,top_p=0.9".
-        max_new_tokens: The longest reply, in tokens; the prompt gets the rest of the model's context (at most
-            half the context goes to the reply when this asks for all of it).
+        max_new_tokens: The longest reply, in tokens; it may be longer than the model's context (see
+            --past_context). The prompt gets the context the reply leaves, and at least half of it: older turns are
+            dropped to fit.
         seed: Random seed; reply i uses seed + i, so a session is reproducible.
         show_prompt: Show what happens behind each reply: the rendered template, its token ids, then the generation.
         backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`).
+        past_context: How a reply goes on past the model's context: recompute, rolling or chunked (see
+            `armm sample --help`).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     build_sampler(sampler)  # a bad spec fails now, not at the first reply
     chat_template = get_template(template) if template else template_for_model(model_dir)
-    model, tok = load_model_with_tokenizer(model_dir)
+    model, tok = load_pretrained(model_dir)
     sampler = sampler_for(tok, sampler)  # a mixed-modality model keeps to its layout's spans
     context = model.config.max_seq_len
-    if max_new_tokens >= context:
-        print(f"(max_new_tokens lowered from {max_new_tokens} to {context // 2}, leaving half of the model's "
-              f"{context}-token context for the prompt)")
-        max_new_tokens = context // 2
-    budget = context - max_new_tokens
+    budget = context - min(max_new_tokens, context // 2)  # a longer reply slides its window past the context
     conversation = Conversation(chat_template, tok, budget, system)
     print(f"chatting with {model_dir} (template {conversation.template.name}); {HELP}")
     replies = 0
@@ -115,7 +116,7 @@ def chat(
             stops = list(dict.fromkeys(rendered.stop_token_ids + ([tok.eos_id] if tok.eos_id is not None else [])))
             steps = generate(model, [rendered.ids], max_new_tokens=max_new_tokens, sampler=sampler,
                              stop_tokens=stops, seed=None if seed is None else seed + replies, stream=True,
-                             backend=backend)
+                             backend=backend, past_context=past_context)
             pieces = stream_text(tok, (step[0] for step in steps), conversation.template.stop_strings)
             conversation.turns.append({"role": "assistant", "content": _print_reply(pieces)})
             replies += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +27,8 @@ from armm.layout import Part, VocabLayout
 from armm.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
-# Private-use characters around a non-text part's index in the rendered text, where its span goes.
+# Private-use characters around the index of a message part that the template sees as a placeholder: a non-text part
+# (where its span goes) or a special token's string typed in a message (encoded as text).
 PART_MARK, PART_END = "\ue000", "\ue001"
 # End-of-turn tokens of well-known chat formats: a template from a file stops at those its vocabulary or source has.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>")
@@ -55,6 +57,17 @@ class Rendered:
     text: str
     ids: list[int] | None
     stop_token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Verbatim:
+    """A special token's string inside a message: encoded as text, never as the special token's id, so that a message
+    cannot forge a turn by typing ``<|im_start|>``."""
+
+    text: str
+
+
+Placeheld = Part | Verbatim  # what a placeholder in the rendered text stands for
 
 
 # --- built-in templates: the official Jinja sources, text-only ----------------------------------------------------
@@ -132,10 +145,12 @@ def get_template(name_or_path: str | Path) -> ChatTemplate:
 
 
 def template_for_model(model_dir: str | Path) -> ChatTemplate:
-    """The model directory's own template (``chat_template.jinja``, or ``tokenizer/tokenizer_config.json`` with a
-    ``chat_template``), else ChatML."""
+    """The model's own template, else ChatML. ``model_dir`` is an armm model directory (``chat_template.jinja``, or
+    ``tokenizer/tokenizer_config.json`` with a ``chat_template``) or a Hugging Face checkpoint folder (the same files
+    at its root)."""
     model_dir = Path(model_dir)
-    config = model_dir / "tokenizer" / "tokenizer_config.json"
+    configs = [folder / "tokenizer_config.json" for folder in (model_dir / "tokenizer", model_dir)]
+    config = next((path for path in configs if path.is_file()), configs[0])
     for jinja in (model_dir / "chat_template.jinja", model_dir / "tokenizer" / "chat_template.jinja"):
         if jinja.is_file():
             return _file_template(jinja, jinja.read_text(encoding="utf-8"), config)
@@ -202,14 +217,21 @@ def render(
     tokenizer: Tokenizer | None = None,
     add_generation_prompt: bool = True,
 ) -> Rendered:
-    """Render a conversation with ``template``; with a ``tokenizer``, also its ids (special-token strings become their
-    single ids) and the ids of the stop strings that are single special tokens of that tokenizer.
+    """Render a conversation with ``template``; with a ``tokenizer``, also its ids and the ids of the stop strings
+    that are special tokens of that tokenizer.
+
+    The special-token strings the template writes become their single ids. A special token's string inside a
+    message's text stays text (a ``Verbatim`` part, encoded on its own as ``transformers``'
+    ``apply_chat_template(..., sanitize_control_tokens=True)`` does), so a message cannot open a turn; a
+    conversation without such strings gets the ids of ``apply_chat_template(..., tokenize=True)``.
 
     A message's content is a string or a list of parts: ``{"type": "text", "text": …}`` and, for a model whose
     tokenizer is a mixed ``VocabLayout``, ``{"type": NAME, NAME: sample}`` for any other part of its layout
     (e.g. ``{"type": "image", "image": uint8 tensor}``). The template sees a placeholder where each such part goes.
     """
-    messages, parts = validate_messages(messages)
+    layout = tokenizer if isinstance(tokenizer, VocabLayout) else None
+    text_tokenizer = layout.span(layout.prompt_part).tokenizer if layout else tokenizer
+    messages, parts = validate_messages(messages, special_texts(text_tokenizer) if text_tokenizer is not None else ())
     try:
         text = _compile(template.source).render(
             messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None,
@@ -219,45 +241,81 @@ def render(
         raise ValueError(f"chat template {template.name!r} was refused by the sandbox: {err}") from None
     except jinja2.exceptions.TemplateError as err:
         raise ValueError(f"chat template {template.name!r} failed to render: {err}") from None
-    pieces = text.split(PART_MARK)
-    segments: list[str | Part] = [pieces[0]]  # text, a part, text, a part, …, text (a template may drop messages)
-    for piece in pieces[1:]:
-        index, rest = piece.split(PART_END, 1)
-        segments += [parts[int(index)], rest]
-    shown = "".join(s if isinstance(s, str) else f"<|{s.name}|>" for s in segments)
+    segments = _segments(text, parts, template)
+    shown = "".join(_shown(segment) for segment in segments)
     if tokenizer is None:
         return Rendered(shown, None, [])
-    if isinstance(tokenizer, VocabLayout):
-        return _render_layout(segments, tokenizer, template, shown)
-    if parts:
-        raise ValueError(f"message parts of type {', '.join(sorted({p.name for p in parts}))} need a mixed-modality "
-                         f"model; tokenizer {tokenizer.name!r} reads text only")
-    return Rendered(text, encode_special(tokenizer, text), stop_token_ids(tokenizer, template.stop_strings))
+    if layout is not None:
+        return _render_layout(segments, layout, template, shown)
+    non_text = sorted({part.name for part in parts if isinstance(part, Part)})
+    if non_text:
+        raise ValueError(f"message parts of type {', '.join(non_text)} need a mixed-modality model; tokenizer "
+                         f"{tokenizer.name!r} reads text only")
+    return Rendered(shown, _encode_text(tokenizer, segments), stop_token_ids(tokenizer, template.stop_strings))
 
 
-def _render_layout(segments: list[str | Part], layout: VocabLayout, template: ChatTemplate, shown: str) -> Rendered:
-    """Ids in a mixed layout: text runs as spans of the layout's text part (the last one left open for the reply),
-    every other part in its own span. A reply ends at the text span's end token or at an end-of-turn token."""
-    text_span = layout.span(layout.prompt_part)
-    ids = [layout.bos_id]
-    for position, segment in enumerate(segments):
-        if isinstance(segment, Part):
-            ids += layout.encode_part(*segment)
+def _segments(text: str, parts: list[Placeheld], template: ChatTemplate) -> list[str | Placeheld]:
+    """The rendered text cut at its placeholders: text, a part, text, a part, …, text (a template may drop or repeat
+    messages, but must keep each placeholder whole)."""
+    pieces = text.split(PART_MARK)
+    segments: list[str | Placeheld] = [pieces[0]]
+    for piece in pieces[1:]:
+        index, end, rest = piece.partition(PART_END)
+        if not (end and index.isascii() and index.isdigit() and int(index) < len(parts)):
+            raise ValueError(
+                f"chat template {template.name!r} cut apart the placeholder (U+E000 index U+E001) of a message part; "
+                f"use a template that writes each message's content whole"
+            )
+        segments += [parts[int(index)], rest]
+    return segments
+
+
+def _shown(segment: str | Placeheld) -> str:
+    if isinstance(segment, Part):
+        return f"<|{segment.name}|>"
+    return segment.text if isinstance(segment, Verbatim) else segment
+
+
+def _encode_text(tokenizer: Tokenizer, segments: Iterable[str | Verbatim]) -> list[int]:
+    """Ids of rendered text: the template's text with its special-token strings as their ids, each ``Verbatim`` part
+    as text on its own."""
+    ids: list[int] = []
+    for segment in segments:
+        if isinstance(segment, Verbatim):
+            ids += tokenizer.encode(segment.text)
         elif segment:
-            local = encode_special(text_span.tokenizer, segment)
-            ids += [text_span.begin_id, *(text_span.offset + i for i in local)]
-            if position < len(segments) - 1:
+            ids += encode_special(tokenizer, segment)
+    return ids
+
+
+def _render_layout(segments: list[str | Placeheld], layout: VocabLayout, template: ChatTemplate,
+                   shown: str) -> Rendered:
+    """Ids in a mixed layout: each run of text in a span of the layout's text part (the last one left open for the
+    reply), every other part in its own span. A reply ends at the text span's end token or at an end-of-turn token."""
+    text_span = layout.span(layout.prompt_part)
+    ids, in_text = [layout.bos_id], False
+    for segment in segments:
+        if isinstance(segment, Part):
+            if in_text:
                 ids.append(text_span.end_id)
+            ids += layout.encode_part(*segment)
+            in_text = False
+        elif segment:
+            if not in_text:
+                ids.append(text_span.begin_id)
+            ids += [text_span.offset + i for i in _encode_text(text_span.tokenizer, [segment])]
+            in_text = True
     local_stops = stop_token_ids(text_span.tokenizer, template.stop_strings)
     return Rendered(shown, ids, [text_span.end_id, *(text_span.offset + i for i in local_stops)])
 
 
-def validate_messages(messages: Any) -> tuple[list[dict[str, str]], list[Part]]:
+def validate_messages(messages: Any, specials: Iterable[str] = ()) -> tuple[list[dict[str, str]], list[Placeheld]]:
     """Check a conversation is a non-empty list of ``{"role": system|user|assistant, "content": str or parts}``.
 
-    Returns copies holding only role and content, with each non-text part replaced by a placeholder, and the
-    non-text parts in order.
+    Returns copies holding only role and content, with a placeholder for each non-text part and for each string of
+    ``specials`` (special tokens' texts) in the text, and those parts (``Part`` and ``Verbatim``) in order.
     """
+    special = _special_pattern(frozenset(specials))
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"messages must be a non-empty list of {{'role', 'content'}} dicts, got {messages!r}")
     checked, parts = [], []
@@ -268,9 +326,9 @@ def validate_messages(messages: Any) -> tuple[list[dict[str, str]], list[Part]]:
             raise ValueError(f"message {index} has role {message['role']!r}; allowed roles: {', '.join(ROLES)}")
         content = message["content"]
         if isinstance(content, list):
-            content = "".join(_content_part(item, index, parts) for item in content)
+            content = "".join(_content_part(item, index, parts, special) for item in content)
         elif isinstance(content, str):
-            _check_text(content, index)
+            content = _escape(_check_text(content, index), special, parts)
         else:
             raise ValueError(f"message {index} content must be a string or a list of parts, "
                              f"got {type(content).__name__}")
@@ -284,16 +342,39 @@ def _check_text(text: str, index: int) -> str:
     return text
 
 
-def _content_part(item: Any, index: int, parts: list[Part]) -> str:
-    """One item of a content list → its text, or a placeholder for a non-text part (appended to ``parts``)."""
+def _content_part(item: Any, index: int, parts: list[Placeheld], special: re.Pattern[str] | None) -> str:
+    """One item of a content list → its text (special tokens' strings escaped), or a placeholder for a non-text
+    part (appended to ``parts``)."""
     kind = item.get("type") if isinstance(item, dict) else None
     if kind == "text" and isinstance(item.get("text"), str):
-        return _check_text(item["text"], index)
+        return _escape(_check_text(item["text"], index), special, parts)
     if isinstance(kind, str) and kind != "text" and kind in item:
-        parts.append(Part(kind, item[kind]))
-        return f"{PART_MARK}{len(parts) - 1}{PART_END}"
+        return _placeholder(Part(kind, item[kind]), parts)
     raise ValueError(f'message {index} has a content part {item!r:.80}; write {{"type": "text", "text": …}} or '
                      f'{{"type": NAME, NAME: sample}} for a part of a mixed-modality model')
+
+
+def _escape(text: str, special: re.Pattern[str] | None, parts: list[Placeheld]) -> str:
+    """``text`` with each special token's string in it replaced by the placeholder of a ``Verbatim`` part."""
+    return text if special is None else special.sub(lambda match: _placeholder(Verbatim(match[0]), parts), text)
+
+
+def _placeholder(part: Placeheld, parts: list[Placeheld]) -> str:
+    parts.append(part)
+    return f"{PART_MARK}{len(parts) - 1}{PART_END}"
+
+
+@lru_cache(maxsize=8)
+def _special_pattern(specials: frozenset[str]) -> re.Pattern[str] | None:
+    """A regex matching any of the strings, longest first (None for none)."""
+    longest_first = sorted(specials, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, longest_first))) if specials else None
+
+
+def special_texts(tokenizer: Tokenizer) -> dict[str, int]:
+    """The tokenizer's special tokens by their text (``text-bpe``: every special token of its vocabulary); none for a
+    tokenizer that has no strings for them (``bytes``), whose rendered text is encoded as it is."""
+    return dict(getattr(tokenizer, "special_texts", None) or {})
 
 
 def encode_special(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -304,10 +385,9 @@ def encode_special(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 def stop_token_ids(tokenizer: Tokenizer, stop_strings: Iterable[str]) -> list[int]:
-    """Ids of the stop strings that the tokenizer encodes as one of its special tokens."""
-    specials = set(tokenizer.special_tokens.values())
-    ids = (encode_special(tokenizer, stop) for stop in stop_strings)
-    return list(dict.fromkeys(one[0] for one in ids if len(one) == 1 and one[0] in specials))
+    """Ids of the stop strings that are special tokens of the tokenizer."""
+    specials = special_texts(tokenizer)
+    return list(dict.fromkeys(specials[stop] for stop in stop_strings if stop in specials))
 
 
 @lru_cache(maxsize=32)

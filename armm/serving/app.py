@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 from armm.chat.templates import ChatTemplate, render
 from armm.sampling import build_sampler
 from armm.serving.engine import Engine, Event, Job
+from armm.serving.logprobs import OpenAILogprobs, ResponseLogprobs
 from armm.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingRequest
 
 log = logging.getLogger("armm.serve")
@@ -95,7 +96,7 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
         return body.max_tokens
 
     def make_job(body: SamplingRequest, prompts: list[list[int]], default_max_tokens: int,
-                 stop_ids: list[int], stop_strings: list[str]) -> Job:
+                 stop_ids: list[int], stop_strings: list[str], logprobs: int | None, echo: bool = False) -> Job:
         if len(prompts) * body.n > limits.max_choices:
             raise APIError(400, f"{len(prompts) * body.n} choices requested (prompts × n); this server allows "
                                 f"at most {limits.max_choices}", "n")
@@ -107,11 +108,12 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
         except ValueError as err:
             raise APIError(400, str(err)) from None
         job = Job(rows, budget(body, prompts, default_max_tokens), sampler, [seed + i for i in range(len(rows))],
-                  stop_ids, stop_strings)
+                  stop_ids, stop_strings, logprobs, echo)
         engine.submit(job)
         return job
 
     eos = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    token_names = OpenAILogprobs(tokenizer)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -131,8 +133,12 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         check_model(body)
+        if body.max_tokens == 0 and not body.echo:
+            raise APIError(400, "max_tokens=0 generates nothing; it is allowed only with echo=true, to score the "
+                                "prompt", "max_tokens")
         prompts = [encode_prompt(p) for p in body.prompts]
-        job = make_job(body, prompts, limits.completion_default_max_tokens, eos, body.stop_strings)
+        job = make_job(body, prompts, limits.completion_default_max_tokens, eos, body.stop_strings, body.alternatives,
+                       bool(body.echo))
         return await respond(job, request, body, prompts, chat=False)
 
     @app.post("/v1/chat/completions")
@@ -147,7 +153,7 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
             raise APIError(400, "the messages render to an empty prompt", "messages")
         stop_ids = sorted(set(rendered.stop_token_ids) | set(eos))
         stop_strings = body.stop_strings + list(chat_template.stop_strings)
-        job = make_job(body, [ids], limits.max_tokens_limit, stop_ids, stop_strings)
+        job = make_job(body, [ids], limits.max_tokens_limit, stop_ids, stop_strings, body.alternatives)
         return await respond(job, request, body, [ids], chat=True)
 
     def encode_prompt(prompt: str | list[int]) -> list[int]:
@@ -169,24 +175,28 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
         usage = Usage(sum(len(p) for p in prompts))
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                 "model": model_name}
+        logprobs_of = ResponseLogprobs(token_names, chat, len(job.prompts)) if job.logprobs is not None else None
         if body.stream:
-            chunks = stream_chunks(job, head, usage, chat, body.include_usage)
+            chunks = stream_chunks(job, head, usage, chat, body.include_usage, logprobs_of)
             return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        texts, finish = [""] * len(job.prompts), [None] * len(job.prompts)
+        n = len(job.prompts)
+        texts, finish, tokens = [""] * n, [None] * n, [[] for _ in range(n)]
         try:
             async for event in events_while_connected(job, request):
                 texts[event.index] += event.text
+                tokens[event.index] += event.logprobs
                 if event.finish_reason:
                     finish[event.index] = event.finish_reason
                     usage.completion_tokens += event.completion_tokens
         finally:
             job.cancel()
+        logprobs = [logprobs_of(i, t) if logprobs_of else None for i, t in enumerate(tokens)]
         if chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                        "finish_reason": f} for i, (t, f) in enumerate(zip(texts, finish))]
+            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": lp,
+                        "finish_reason": f} for i, (t, f, lp) in enumerate(zip(texts, finish, logprobs))]
         else:
-            choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
-                       for i, (t, f) in enumerate(zip(texts, finish))]
+            choices = [{"index": i, "text": t, "logprobs": lp, "finish_reason": f}
+                       for i, (t, f, lp) in enumerate(zip(texts, finish, logprobs))]
         kind = "chat.completion" if chat else "text_completion"
         return {**head, "object": kind, "choices": choices, "usage": usage.body()}
 
@@ -208,29 +218,32 @@ async def events_while_connected(job: Job, request: Request) -> AsyncIterator[Ev
         yield event
 
 
-async def stream_chunks(job: Job, head: dict[str, Any], usage: Usage, chat: bool,
-                        include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's format. When the client disconnects, the response stops iterating
-    this generator and its ``finally`` cancels the job, which frees the worker at its next step."""
+async def stream_chunks(job: Job, head: dict[str, Any], usage: Usage, chat: bool, include_usage: bool,
+                        logprobs_of: ResponseLogprobs | None = None) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's format; with ``logprobs_of``, each text chunk carries the log-probabilities of
+    the tokens that released its text. When the client disconnects, the response stops iterating this generator
+    and its ``finally`` cancels the job, which frees the worker at its next step."""
     kind = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         usage_field = {"usage": None} if include_usage else {}
         return f"data: {json.dumps({**head, 'object': kind, 'choices': choices, **usage_field, **extra})}\n\n"
 
-    def choice(index: int, text: str | None, finish_reason: str | None, role: bool = False) -> dict[str, Any]:
+    def choice(index: int, text: str | None, finish_reason: str | None, role: bool = False,
+               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
         if not chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
     try:
         if chat:
             yield chunk([choice(i, None, None, role=True) for i in range(len(job.prompts))])
         try:
             async for event in job.events():
-                if event.text:
-                    yield chunk([choice(event.index, event.text, None)])
+                if event.text or (logprobs_of and event.logprobs):
+                    logprobs = logprobs_of(event.index, event.logprobs) if logprobs_of else None
+                    yield chunk([choice(event.index, event.text, None, logprobs=logprobs)])
                 if event.finish_reason:
                     usage.completion_tokens += event.completion_tokens
                     yield chunk([choice(event.index, None, event.finish_reason)])

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from armm.backends import Backend
-from armm.checkpoint import load_model_with_tokenizer
+from armm.pretrained import load_pretrained
 
 
 def serve(
@@ -31,7 +31,8 @@ def serve(
     """Serve a model directory over an OpenAI-compatible API: /v1/models, /v1/completions, /v1/chat/completions.
 
     Args:
-        model_dir: A model directory (config.json, model.safetensors, tokenizer/).
+        model_dir: A model directory (config.json, model.safetensors, tokenizer/), or a Hugging Face checkpoint
+            folder with its tokenizer (GPT-2, Llama, Mistral, Qwen2).
         host: Interface to bind; the default answers only this machine. Binding another one without an
             API key prints a warning.
         port: TCP port.
@@ -58,8 +59,7 @@ def serve(
         print(f"warning: serving on {host} without an API key: anyone who can reach this port can use the model; "
               "pass --api-key or set ARMM_API_KEY", file=sys.stderr)
     model_dir = Path(model_dir)
-    model, tokenizer = load_model_with_tokenizer(
-        model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, tokenizer = load_pretrained(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chat_template = get_template(template) if template else template_for_model(model_dir)
     limits = Limits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens, max_choices=max_choices)
     app = create_app(Engine(model, tokenizer, max_batch_size, backend), model_name or model_dir.resolve().name,

@@ -1,5 +1,6 @@
 """One worker thread owns the model: requests wait in a queue, compatible ones are generated as one batch,
-and each step's text flows back to the request's event loop. A cancelled request stops at the next step."""
+and each step's text (with its tokens' log-probabilities when asked) flows back to the request's event loop.
+A cancelled request stops at the next step."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from armm.backends import check_backend
 from armm.generation import generate
 from armm.model import Transformer
+from armm.sampling import build_sampler
+from armm.serving.logprobs import LogprobSampler, TokenLogprob, prompt_logprobs
 from armm.textstream import TextStream
 from armm.tokenizer import Tokenizer
 
@@ -21,17 +24,23 @@ log = logging.getLogger("armm.serve")
 
 @dataclass
 class Event:
-    """Text for one choice; ``finish_reason`` (and the choice's token count) on its last event."""
+    """Text for one choice, with the log-probabilities of the tokens that released it when the job asks for them;
+    ``finish_reason`` (and the choice's token count) on its last event."""
 
     index: int
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(eq=False)
 class Job:
-    """One request: a row per choice, with its own seed. Created on the event loop that reads its events."""
+    """One request: a row per choice, with its own seed. Created on the event loop that reads its events.
+
+    ``logprobs`` (the number of most likely alternatives to list; None: no log-probabilities) adds each generated
+    token's log-probability to the events. With ``echo`` each choice's first event is its prompt (scored too when
+    ``logprobs`` is set); ``max_tokens=0`` then generates nothing."""
 
     prompts: list[list[int]]
     max_tokens: int
@@ -39,6 +48,8 @@ class Job:
     seeds: list[int]
     stop_ids: list[int]
     stop_strings: list[str]
+    logprobs: int | None = None
+    echo: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -131,26 +142,34 @@ class Engine:
                 and longest + max(job.max_tokens for job in batch) <= self.model.config.max_seq_len)
 
     def _generate(self, batch: list[Job]) -> None:
-        rows = [(job, index) for job in batch for index in range(len(job.prompts))]
-        streams = [TextStream(self.tokenizer, job.stop_strings) for job, _ in rows]
+        for job in batch:
+            self._open(job)
+        batch = [job for job in batch if job.max_tokens]
+        if not batch:
+            return
+        rows = [Row(job, index, TextStream(self.tokenizer, job.stop_strings))
+                for job in batch for index in range(len(job.prompts))]
+        k = max((job.logprobs for job in batch if job.logprobs is not None), default=None)
+        sampler = LogprobSampler(build_sampler(batch[0].sampler), k) if k is not None else batch[0].sampler
         steps = generate(
             self.model,
-            [job.prompts[index] for job, index in rows],
+            [row.job.prompts[row.index] for row in rows],
             max_new_tokens=max(job.max_tokens for job in batch),
-            sampler=batch[0].sampler,
-            stop_tokens=[job.stop_ids for job, _ in rows],
-            seed=[job.seeds[index] for job, index in rows],
+            sampler=sampler,
+            stop_tokens=[row.job.stop_ids for row in rows],
+            seed=[row.job.seeds[row.index] for row in rows],
             stream=True,
             backend=self.backend,
         )
         live = set(batch)
         try:
             for step in steps:
-                for (job, index), stream, token in zip(rows, streams, step):
-                    if job in live and stream.finish_reason is None and token is not None:
-                        self._advance(job, index, stream, token)
+                drawn = sampler.take() if isinstance(sampler, LogprobSampler) else [None] * len(rows)
+                for row, token, logprob in zip(rows, step, drawn):
+                    if row.job in live and row.stream.finish_reason is None and token is not None:
+                        row.advance(token, logprob)
                 for job in list(live):
-                    if job.cancelled.is_set() or all(s.finish_reason for (j, _), s in zip(rows, streams) if j is job):
+                    if job.cancelled.is_set() or all(r.stream.finish_reason for r in rows if r.job is job):
                         live.discard(job)
                         job.put(None)
                 if not live or self._closed:
@@ -160,10 +179,39 @@ class Engine:
         for job in live:  # only when closing
             job.put(None)
 
-    @staticmethod
-    def _advance(job: Job, index: int, stream: TextStream, token: int) -> None:
+    def _open(self, job: Job) -> None:
+        """Send each choice's echoed prompt (scored once per distinct prompt, when the job wants log-probabilities),
+        and end a job that only scores its prompts (``max_tokens=0``)."""
+        if job.echo:
+            scored: dict[tuple[int, ...], list[TokenLogprob]] = {}
+            for index, prompt in enumerate(job.prompts):
+                if job.logprobs is not None and tuple(prompt) not in scored:
+                    scored[tuple(prompt)] = prompt_logprobs(self.model, prompt, job.logprobs, self.backend)
+                job.put(Event(index, self.tokenizer.decode(prompt), logprobs=scored.get(tuple(prompt), [])))
+        if not job.max_tokens:
+            for index in range(len(job.prompts)):
+                job.put(Event(index, finish_reason="length"))
+            job.put(None)
+
+
+@dataclass
+class Row:
+    """One choice being generated: its text so far and the log-probabilities of the tokens not yet sent."""
+
+    job: Job
+    index: int
+    stream: TextStream
+    pending: list[TokenLogprob] = field(default_factory=list)
+
+    def advance(self, token: int, logprob: TokenLogprob | None) -> None:
+        """Take the next token; send the text it releases, with the log-probabilities of the tokens behind it."""
+        job, stream = self.job, self.stream
+        if job.logprobs is not None:
+            self.pending.append(logprob.keep(job.logprobs))
         text = stream.push(token, is_stop_token=token in job.stop_ids)
         if stream.finish_reason is None and stream.num_tokens == job.max_tokens:
             text += stream.finish("length")
         if text or stream.finish_reason:
-            job.put(Event(index, text, stream.finish_reason, stream.num_tokens if stream.finish_reason else 0))
+            count = stream.num_tokens if stream.finish_reason else 0
+            job.put(Event(self.index, text, stream.finish_reason, count, self.pending))
+            self.pending = []

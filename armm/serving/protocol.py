@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-UNSUPPORTED = ("logprobs", "top_logprobs", "echo", "best_of", "logit_bias", "suffix", "tools", "functions",
-               "tool_choice", "response_format")
+UNSUPPORTED = ("best_of", "logit_bias", "suffix", "tools", "functions", "tool_choice", "response_format")
 
 
 class APIError(Exception):
@@ -93,9 +92,21 @@ class SamplingRequest(BaseModel):
 
 
 class CompletionRequest(SamplingRequest):
-    """``POST /v1/completions``: a prompt as text, a list of texts, token ids, or a list of token-id lists."""
+    """``POST /v1/completions``: a prompt as text, a list of texts, token ids, or a list of token-id lists.
+
+    ``logprobs`` (0 to 5) lists each token's log-probability and those of its most likely alternatives; ``echo``
+    puts the prompt before the completion, scored too with ``logprobs``, and allows ``max_tokens=0`` (score the
+    prompt, generate nothing), as evaluation harnesses ask."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(None, ge=0)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+
+    @property
+    def alternatives(self) -> int | None:
+        """How many most likely alternatives to list at each token; None: no log-probabilities."""
+        return self.logprobs
 
     @property
     def prompts(self) -> list[str | list[int]]:
@@ -125,10 +136,20 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingRequest):
-    """``POST /v1/chat/completions``; ``max_completion_tokens`` is the newer name of ``max_tokens``."""
+    """``POST /v1/chat/completions``; ``max_completion_tokens`` is the newer name of ``max_tokens``. ``logprobs``
+    lists each generated token's log-probability, and ``top_logprobs`` (0 to 20) those of its likeliest alternatives."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    @property
+    def alternatives(self) -> int | None:
+        """How many most likely alternatives to list at each token (``top_logprobs``); None: no log-probabilities."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _one_token_budget(self) -> ChatCompletionRequest:

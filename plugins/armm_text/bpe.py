@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from armm.files import find_files, numbered_paths, read_json_object, read_text
 from armm.tokenizer import Tokenizer
@@ -20,24 +20,36 @@ SETTINGS_FILE = "bpe_settings.json"
 BYTE_ALPHABET_SIZE = 256
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the character a byte-level vocabulary writes each byte as → that byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(BYTE_ALPHABET_SIZE) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(BYTE_ALPHABET_SIZE + i): b for i, b in enumerate(shifted)}}
+
+
+BYTE_OF_CHAR = _byte_level_alphabet()
+
+
 @dataclass(frozen=True)
 class Vocabulary:
-    """What a fitted or loaded tokenizer knows: the backend and its special-token ids."""
+    """What a fitted or loaded tokenizer knows: the backend and its special tokens."""
 
     backend: Backend
     special_ids: dict[str, int]  # role → id
-    id_of_special_text: dict[str, int]  # token text → id
-    skipped_ids: frozenset[int]  # ids ``decode`` drops: the roles' and the file's own special tokens
+    id_of_special_text: dict[str, int]  # every special token's text → id: the roles' and all others
+    skipped_ids: frozenset[int]  # the special tokens' ids, which ``decode`` drops
     size: int  # highest id + 1
-    special_pattern: re.Pattern[str]  # matches any role's token text, longest first
+    special_pattern: re.Pattern[str]  # matches any special token's text, longest first
 
 
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: text → UTF-8 bytes → learned merges. No normalizer: ``decode(encode(t)) == t`` for any ``t``.
 
-    Special tokens are roles (``bos``, ``eos``, ``pad`` and any ``extra_special_tokens`` role → token text) whose
-    ids come only from ``special_tokens``: text that happens to contain a special token's string is encoded as
-    ordinary text unless ``encode(..., allow_special=True)``. ``decode`` skips special tokens.
+    Special tokens are the roles (``bos``, ``eos``, ``pad`` and any ``extra_special_tokens`` role → token text),
+    the ``unnamed_special_tokens``, and every other token the backend marks special (a tokenizer.json's
+    ``added_tokens`` with ``"special": true``, such as a chat format's ``<|im_start|>``). Their ids come only from
+    ``special_texts``: text that happens to contain a special token's string is encoded as ordinary text unless
+    ``encode(..., allow_special=True)``. ``decode`` skips special tokens.
     """
 
     name = "text-bpe"
@@ -54,18 +66,24 @@ class BPETokenizer(Tokenizer):
         eos: str | None = "<|endoftext|>",
         pad: str | None = "<|pad|>",
         extra_special_tokens: Mapping[str, str] | None = None,
+        unnamed_special_tokens: Sequence[str] = (),
     ) -> None:
         """``vocab_size`` is what ``fit`` aims for (special tokens and the 256 byte tokens included); a role set
-        to None has no token."""
+        to None has no token. ``unnamed_special_tokens`` are special tokens without a role (a chat format's
+        markers): ``fit`` reserves them, and a loaded vocabulary's tokens of that text become special."""
         extra = dict(extra_special_tokens or {})
         clashing = sorted({"bos", "eos", "pad"} & extra.keys())
         if clashing:
             raise ValueError(f"extra_special_tokens may not redefine {clashing}; pass them as bos=, eos=, pad=")
         roles = {"bos": bos, "eos": eos, "pad": pad, **extra}
         self.roles = {role: token for role, token in roles.items() if token is not None}
-        tokens = list(self.roles.values())
-        if "" in tokens or len(set(tokens)) != len(tokens):
-            raise ValueError(f"special tokens must be distinct non-empty strings, got {self.roles}")
+        if isinstance(unnamed_special_tokens, str):
+            raise ValueError(f"unnamed_special_tokens must be a list of strings, got {unnamed_special_tokens!r}")
+        self.unnamed_special_tokens = list(unnamed_special_tokens)
+        tokens = [*self.roles.values(), *self.unnamed_special_tokens]
+        if not all(isinstance(t, str) and t for t in tokens) or len(set(tokens)) != len(tokens):
+            raise ValueError(f"special tokens must be distinct non-empty strings, got roles {self.roles} and "
+                             f"unnamed_special_tokens {self.unnamed_special_tokens}")
         self.fit_vocab_size = vocab_size
         self._vocabulary: Vocabulary | None = None
 
@@ -74,7 +92,8 @@ class BPETokenizer(Tokenizer):
         """Constructor keywords (JSON-able) that rebuild this tokenizer around a saved vocabulary."""
         extra = {role: token for role, token in self.roles.items() if role not in ("bos", "eos", "pad")}
         named = {role: self.roles.get(role) for role in ("bos", "eos", "pad")}
-        return {"vocab_size": self.fit_vocab_size, **named, "extra_special_tokens": extra}
+        return {"vocab_size": self.fit_vocab_size, **named, "extra_special_tokens": extra,
+                "unnamed_special_tokens": list(self.unnamed_special_tokens)}
 
     def pre_tokenizer(self) -> pre_tokenizers.PreTokenizer:
         """How ``fit`` splits text before merging: GPT-2's byte-level regex (no prefix space)."""
@@ -97,18 +116,19 @@ class BPETokenizer(Tokenizer):
 
     def fit(self, samples: Iterable[str]) -> None:
         """Train merges on texts (any iterable of str, streamed) up to ``vocab_size`` ids."""
-        minimum = BYTE_ALPHABET_SIZE + len(self.roles)
+        specials = [*self.roles.values(), *self.unnamed_special_tokens]
+        minimum = BYTE_ALPHABET_SIZE + len(specials)
         if self.fit_vocab_size < minimum:
             raise ValueError(
                 f"vocab_size {self.fit_vocab_size} is too small: 256 byte tokens + "
-                f"{len(self.roles)} special tokens need {minimum}"
+                f"{len(specials)} special tokens need {minimum}"
             )
         backend = Backend(models.BPE())
         backend.pre_tokenizer = self.pre_tokenizer()
         backend.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=self.fit_vocab_size,
-            special_tokens=list(self.roles.values()),
+            special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
@@ -119,23 +139,27 @@ class BPETokenizer(Tokenizer):
         self._attach(backend, source="the fitted vocabulary")
 
     def _attach(self, backend: Backend, source: str) -> None:
-        """Adopt a trained or loaded backend: resolve the roles to ids and make special strings encode as text."""
+        """Adopt a trained or loaded backend: resolve the roles to ids, mark the named special tokens special in the
+        backend (so plain text never yields them, and they travel with its tokenizer.json), collect every special
+        token, and make special strings encode as text."""
         vocab = backend.get_vocab(with_added_tokens=True)
-        missing = [token for token in self.roles.values() if token not in vocab]
+        named = [*self.roles.values(), *self.unnamed_special_tokens]
+        missing = [token for token in named if token not in vocab]
         if missing:
             raise ValueError(
                 f"special token(s) {missing} are not in the vocabulary of {source}; name existing tokens "
-                f"or set the role to None (roles: {self.roles})"
+                f"or set the role to None (roles: {self.roles}, unnamed: {self.unnamed_special_tokens})"
             )
-        special_ids = {role: vocab[token] for role, token in self.roles.items()}
-        file_specials = {i for i, added in backend.get_added_tokens_decoder().items() if added.special}
-        longest_first = sorted(self.roles.values(), key=len, reverse=True)
+        marked = {added.content for added in backend.get_added_tokens_decoder().values() if added.special}
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in named if t not in marked])
+        specials = {added.content: i for i, added in backend.get_added_tokens_decoder().items() if added.special}
         backend.encode_special_tokens = True
+        longest_first = sorted(specials, key=len, reverse=True)
         self._vocabulary = Vocabulary(
             backend=backend,
-            special_ids=special_ids,
-            id_of_special_text={token: special_ids[role] for role, token in self.roles.items()},
-            skipped_ids=frozenset(special_ids.values()) | frozenset(file_specials),
+            special_ids={role: specials[token] for role, token in self.roles.items()},
+            id_of_special_text=specials,
+            skipped_ids=frozenset(specials.values()),
             size=max(vocab.values()) + 1,
             special_pattern=re.compile("(" + "|".join(map(re.escape, longest_first)) + ")"),
         )
@@ -174,12 +198,17 @@ class BPETokenizer(Tokenizer):
     def special_tokens(self) -> dict[str, int]:
         return dict(self.vocabulary.special_ids)
 
+    @property
+    def special_texts(self) -> dict[str, int]:
+        """Every special token's text → its id: the roles' and those without a role (``<|im_start|>``)."""
+        return dict(self.vocabulary.id_of_special_text)
+
     def encode(self, sample: str, *, allow_special: bool = False) -> list[int]:
         """Text → ids. With ``allow_special`` a special token's string in the text becomes its id, never split."""
         if not isinstance(sample, str):
             raise TypeError(f"tokenizer {self.name!r} encodes str, got {type(sample).__name__}")
         vocabulary = self.vocabulary
-        if not allow_special or not self.roles:
+        if not allow_special or not vocabulary.id_of_special_text:
             return vocabulary.backend.encode(sample, add_special_tokens=False).ids
         ids: list[int] = []
         for index, part in enumerate(vocabulary.special_pattern.split(sample)):
@@ -191,9 +220,18 @@ class BPETokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int]) -> str:
         self.check_ids(ids)
-        skipped = self.vocabulary.skipped_ids
-        kept = [int(i) for i in ids if i not in skipped]
-        return self.backend.decode(kept, skip_special_tokens=False)
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def token_bytes(self, token: int) -> bytes:
+        """A byte-level vocabulary's piece as its bytes (part of a character, maybe); other vocabularies' pieces and
+        the tokens ``decode`` skips as ``Tokenizer.token_bytes`` gives them."""
+        self.check_ids([token])
+        vocabulary = self.vocabulary
+        piece = vocabulary.backend.id_to_token(token) or ""
+        if (token in vocabulary.skipped_ids or not isinstance(vocabulary.backend.decoder, decoders.ByteLevel)
+                or not piece or not set(piece) <= BYTE_OF_CHAR.keys()):
+            return super().token_bytes(token)
+        return bytes(BYTE_OF_CHAR[char] for char in piece)
 
     def num_units(self, sample: str) -> int:
         return len(sample.encode("utf-8"))

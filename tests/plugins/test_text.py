@@ -111,6 +111,58 @@ def test_from_file_loads_a_tokenizer_json_written_by_tokenizers(tmp_path):
     assert loaded.decode(reference.encode(joined).ids) == "firstsecond"
 
 
+def chat_tokenizer_json(tmp_path) -> tuple[HFTokenizer, str]:
+    """A tokenizer.json like Qwen2's: besides <|endoftext|>, the chat markers as special added tokens, and one added
+    token that is not special."""
+    reference, _ = gpt2_style_tokenizer_json(tmp_path)
+    reference.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    reference.add_tokens(["<tool_call>"])
+    path = tmp_path / "chat.json"
+    reference.save(str(path))
+    return reference, str(path)
+
+
+def test_every_special_token_of_a_file_is_special_not_only_the_roles(tmp_path):
+    reference, path = chat_tokenizer_json(tmp_path)
+    loaded = BPETokenizer.from_file(path, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    ids = {text: reference.token_to_id(text) for text in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")}
+    assert loaded.special_tokens == {"eos": ids["<|im_end|>"], "pad": ids["<|endoftext|>"]}
+    assert loaded.special_texts == ids  # "<tool_call>" is an added token, but not special
+    text = "<|im_start|>user\nhi <tool_call><|im_end|>"
+    assert loaded.encode(text, allow_special=True) == reference.encode(text).ids  # as transformers encodes it
+    assert set(loaded.encode(text)).isdisjoint(ids.values())  # plain text never yields a special token
+    assert loaded.decode(reference.encode(text).ids) == "user\nhi <tool_call>"
+    assert loaded.decode(loaded.encode(text)) == text
+    loaded.save(tmp_path)
+    for again in (BPETokenizer.load(tmp_path), pickle.loads(pickle.dumps(loaded))):
+        assert again.special_texts == ids and again.encode(text) == loaded.encode(text)
+        assert again.encode(text, allow_special=True) == loaded.encode(text, allow_special=True)
+
+
+def test_unnamed_special_tokens_make_tokens_of_the_vocabulary_special(tmp_path):
+    reference, path = chat_tokenizer_json(tmp_path)
+    loaded = BPETokenizer.from_file(path, bos=None, eos="<|endoftext|>", pad=None,
+                                    unnamed_special_tokens=["<tool_call>"])
+    tool = reference.token_to_id("<tool_call>")
+    assert loaded.special_texts["<tool_call>"] == tool and loaded.vocab_size == reference.get_vocab_size()
+    assert tool not in loaded.encode("a <tool_call> b") and loaded.encode("<tool_call>", allow_special=True) == [tool]
+    loaded.save(tmp_path)  # the tokenizer.json it writes marks it special
+    assert HFTokenizer.from_file(str(tmp_path / "tokenizer.json")).get_added_tokens_decoder()[tool].special
+    with pytest.raises(ValueError, match=r"\['<\|tool\|>'\] are not in the vocabulary of .*chat.json"):
+        BPETokenizer.from_file(path, bos=None, eos="<|endoftext|>", pad=None, unnamed_special_tokens=["<|tool|>"])
+    with pytest.raises(ValueError, match="must be distinct non-empty strings"):
+        BPETokenizer(unnamed_special_tokens=["<|endoftext|>"])
+
+
+def test_fit_reserves_unnamed_special_tokens():
+    tokenizer = BPETokenizer(vocab_size=300, unnamed_special_tokens=["<|im_start|>"])
+    tokenizer.fit(TRAIN[:5])
+    start = tokenizer.special_texts["<|im_start|>"]
+    assert start not in tokenizer.special_tokens.values()  # special, without a role
+    assert tokenizer.encode("<|im_start|>x", allow_special=True) == [start, *tokenizer.encode("x")]
+    assert tokenizer.options()["unnamed_special_tokens"] == ["<|im_start|>"]
+
+
 def test_from_file_names_a_special_token_missing_from_the_vocabulary(tmp_path):
     _, path = gpt2_style_tokenizer_json(tmp_path)
     with pytest.raises(ValueError, match=r"<\|bos\|>.*not in the vocabulary of .*tokenizer.json"):
