@@ -19,7 +19,7 @@ from armm.backends import Backend, Quantize
 from armm.chat.cli import chat
 from armm.checkpoint import load_model_with_tokenizer, save_model
 from armm.config import ModelConfig
-from armm.generation import Guidance, generate
+from armm.generation import Guidance, PastContext, generate
 from armm.hf import convert
 from armm.inspect.cli import COMMANDS as INSPECT_COMMANDS
 from armm.layout import VocabLayout, sampler_for
@@ -80,6 +80,7 @@ def sample(
     guidance_tokens: int | None = None,
     backend: Backend = "auto",
     quantize: Quantize | None = None,
+    past_context: PastContext = "recompute",
 ) -> None:
     """Generate samples from a saved model, in any modality its tokenizer plugin handles.
 
@@ -103,6 +104,10 @@ def sample(
             short forwards), compiled (torch.compile of the decode step, CUDA graphs on a GPU: the first
             generation compiles it; it pays on a GPU, not on the CPU).
         quantize: int8: decode from weight-only int8 copies on the CPU (a quarter of the bytes; approximate).
+        past_context: How tokens past the model's context (max_seq_len) are predicted: recompute (exact: from the
+            last max_seq_len tokens, run afresh; a forward over the window per token), rolling (RoPE models: a
+            rolling KV-cache, as fast as any step; sliding-window attention, not a recomputed window) or chunked
+            (approximate: keep the last half of the window, prefill it again, go on).
     """
     model, tok = load_model_with_tokenizer(model_dir)
     if num_samples < 1:
@@ -125,7 +130,7 @@ def sample(
         for i in range(num_samples):
             steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
                              seed=None if seeds is None else seeds[i], stream=True, guidance=guide(1),
-                             backend=backend, quantize=quantize)
+                             backend=backend, quantize=quantize, past_context=past_context)
             console.print(prompt, end="", markup=False, highlight=False)
             for piece in stream_text(tok, (step[0] for step in steps)):
                 console.print(piece, end="", markup=False, highlight=False)
@@ -133,7 +138,7 @@ def sample(
         return
     outputs = generate(model, [ids] * num_samples, max_new_tokens=max_new_tokens, sampler=sampler,
                        stop_tokens=stops, seed=seeds, guidance=guide(num_samples), backend=backend,
-                       quantize=quantize)
+                       quantize=quantize, past_context=past_context)
     samples = [tok.decode(ids + new) for new in outputs]
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)

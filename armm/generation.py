@@ -5,17 +5,21 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from armm.backends import check_backend, check_quantize, decoding
+from armm.config import ModelConfig
 from armm.model import Transformer
 from armm.sampling import Sampler, build_sampler
 
 Prompts = Sequence[Sequence[int]]
 StopTokens = Sequence[int] | Sequence[Sequence[int]]
 Seed = int | Sequence[int] | None
+PastContext = Literal["recompute", "rolling", "chunked"]
+PAST_CONTEXT: tuple[str, ...] = get_args(PastContext)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ def generate(
     guidance: Guidance | None = None,
     backend: str = "auto",
     quantize: str | None = None,
+    past_context: PastContext = "recompute",
 ) -> list[list[int]] | Iterator[list[int | None]]:
     """Continue each prompt (a list of token ids; lengths may differ) by up to ``max_new_tokens`` tokens.
 
@@ -85,12 +90,16 @@ def generate(
     returns an iterator that yields, per step, each row's new token (``None`` once a row has stopped).
     ``guidance`` applies classifier-free guidance (see ``Guidance``).
 
-    ``backend`` picks how the forwards run (``armm.backends``): ``auto`` (the faster of armm's native C step and
-    PyTorch on this CPU, measured per shape class; PyTorch elsewhere), ``eager``, ``native`` or ``compiled``
-    (``torch.compile`` of a static-shape step, replayed as a CUDA graph on a GPU: the first call per model and
-    batch size compiles it, later ones reuse it). ``quantize="int8"`` decodes from weight-only int8 copies on the
-    CPU (approximate). Each call has its own KV-cache and leaves the model as it was (its mode too), so calls on one
-    model may run from several threads at once.
+    A prompt may fill the model's context, and ``max_new_tokens`` may reach past it. ``past_context`` says how
+    tokens past the context are predicted (``PAST_CONTEXT``):
+
+    - ``recompute`` (default, exact): from the last ``max_seq_len`` tokens of the row, run afresh, as a loop that
+      calls the model on that window would; each such token costs a forward over the whole window.
+    - ``rolling`` (RoPE models): a rolling KV-cache, each token at the cost of an ordinary step. Every layer then
+      attends to the last ``max_seq_len`` tokens, whose cached states were computed from the windows before
+      them: the sliding-window attention Mistral-style models are trained with, not a recomputed window.
+    - ``chunked`` (approximate, any model): once a row's window is full, it keeps its last ``max_seq_len // 2``
+      tokens, prefilled afresh, and goes on from there with the cache; one prefill per half a window of tokens.
     """
     config = model.config
     device = model.tok_emb.weight.device
@@ -102,11 +111,12 @@ def generate(
         rows = rows + unconditional
     check_backend(backend)
     check_quantize(quantize)
+    check_past_context(past_context, config)
     sampler = build_sampler(sampler)
     batch_size = len(prompts)
     stops = stop_table(stop_tokens, batch_size, config.vocab_size, device)
     generators = None if sampler.is_greedy else row_generators(seed, batch_size, device)
-    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance, backend, quantize)
+    steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance, backend, quantize, past_context)
     if stream:
         return ([None if done else t for t, done in zip(token.tolist(), done_before.tolist())]
                 for token, done_before in steps)
@@ -115,8 +125,14 @@ def generate(
     return [[t for t, k in zip(row, row_keep) if k] for row, row_keep in zip(tokens, keep)]
 
 
-def check_prompts(prompts: Prompts, vocab_size: int, max_seq_len: int, max_new_tokens: int) -> list[list[int]]:
-    """Validate prompts and budget, with errors that say what is allowed."""
+MAX_CONTEXT_IDS = 2**28  # token ids a generation holds (rows x (prompt + new tokens)): 2 GiB of int64
+
+
+def check_prompts(prompts: Prompts, vocab_size: int, max_seq_len: int, max_new_tokens: int,
+                  slide: bool = True) -> list[list[int]]:
+    """Validate prompts and budget, with errors that say what is allowed. A prompt may fill the context; with
+    ``slide`` the new tokens may go past it (each predicted from the last ``max_seq_len`` tokens), else they must
+    fit in it too."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
@@ -134,14 +150,30 @@ def check_prompts(prompts: Prompts, vocab_size: int, max_seq_len: int, max_new_t
                     f"prompt {row} has token id {token!r} at position {position}, outside the model's "
                     f"vocabulary (0 .. {vocab_size - 1})"
                 )
-        if len(ids) + max_new_tokens > max_seq_len:
+        longest = max_seq_len if slide else max_seq_len - 1  # without sliding, one new token must fit too
+        if len(ids) > longest:
+            raise ValueError(f"prompt {row} has {len(ids)} tokens, more than the model's context allows "
+                             f"(max_seq_len={max_seq_len}); shorten it to at most {longest} tokens")
+        if not slide and len(ids) + max_new_tokens > max_seq_len:
             raise ValueError(
                 f"prompt {row} has {len(ids)} tokens, which with max_new_tokens={max_new_tokens} needs "
                 f"{len(ids) + max_new_tokens} positions, more than the model's context (max_seq_len={max_seq_len}); "
-                f"shorten the prompt to at most {max_seq_len - max_new_tokens} tokens or lower max_new_tokens"
+                f"lower max_new_tokens to at most {max_seq_len - len(ids)}"
             )
         checked.append(ids)
+    held = len(checked) * (max(map(len, checked)) + max_new_tokens)
+    if held > MAX_CONTEXT_IDS:
+        raise ValueError(f"{len(checked)} rows of up to {max(map(len, checked)) + max_new_tokens} tokens would hold "
+                         f"{held} token ids, more than {MAX_CONTEXT_IDS}; lower max_new_tokens or the batch size")
     return checked
+
+
+def check_past_context(past_context: str, config: ModelConfig) -> None:
+    if past_context not in PAST_CONTEXT:
+        raise ValueError(f"past_context must be one of {', '.join(PAST_CONTEXT)}, got {past_context!r}")
+    if past_context == "rolling" and config.position != "rope":
+        raise ValueError("past_context='rolling' needs RoPE positions (a model with learned positions cannot roll its "
+                         "KV-cache); use 'recompute' (exact) or 'chunked' (faster, approximate)")
 
 
 def stop_table(stop_tokens: StopTokens, batch_size: int, vocab_size: int, device: torch.device) -> Tensor | None:
@@ -190,6 +222,7 @@ def _decode(
     guidance: Guidance | None,
     backend: str,
     quantize: str | None,
+    past_context: str,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield ``(token [B], finished_before [B])`` per step; stop once every row has drawn a stop token.
 
@@ -205,7 +238,12 @@ def _decode(
         context[row, P - len(ids):P] = torch.tensor(ids, device=device)
     pad = torch.tensor([P - len(ids) for ids in rows], device=device) if any(len(r) < P for r in rows) else None
 
-    with decoding(model, R, P + max_new_tokens, backend, quantize) as decoder:
+    window = model.config.max_seq_len
+    rolling = past_context == "rolling" and P + max_new_tokens > window
+    keep = window if past_context == "recompute" else max(1, window // 2)  # tokens a refill keeps
+    first = [P - len(r) for r in rows]  # each row's first token in the cache (a slot of `context`)
+    shift, cache_pad = 0, pad  # the cache holds slots shift.. of the context; cache_pad[r] = first[r] - shift
+    with decoding(model, R, min(P + max_new_tokens, window), backend, quantize, rolling) as decoder:
         logits = decoder.forward(context[:, :P].clamp(min=0), 0, pad, logits_to_keep=1)[:, -1]  # prefill: (R, V)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
@@ -219,5 +257,13 @@ def _decode(
                 finished |= (token[:, None] == stops).any(-1)
                 if bool(finished.all()):  # the only host sync, and only when there are stop tokens
                     return
-            if step + 1 < max_new_tokens:
-                logits = decoder.step(context[:, slot:slot + 1], slot, pad)  # one token: (R, 1) → logits (R, V)
+            if step + 1 == max_new_tokens:
+                return
+            if rolling or slot - shift < window:
+                logits = decoder.step(context[:, slot:slot + 1], slot - shift, cache_pad)  # (R, 1) → logits (R, V)
+            else:  # the cache is full: rows whose window is full keep their last `keep` tokens; prefill afresh
+                first = [slot + 1 - keep if slot + 1 - f > window else f for f in first]
+                shift = min(first)
+                cache_pad = torch.tensor([f - shift for f in first], device=device)  # (R,)
+                ids = context[:, shift:slot + 1].clamp(min=0)  # (R, slot + 1 - shift); -1 marks padding
+                logits = decoder.forward(ids, 0, cache_pad, logits_to_keep=1)[:, -1]

@@ -106,9 +106,9 @@ def speculative_generate(
                          f"move both to one device")
     if isinstance(num_draft_tokens, bool) or not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
         raise ValueError(f"num_draft_tokens must be an integer >= 1, got {num_draft_tokens!r}")
-    rows = check_prompts(prompts, target.config.vocab_size, target.config.max_seq_len, max_new_tokens)
+    rows = check_prompts(prompts, target.config.vocab_size, target.config.max_seq_len, max_new_tokens, slide=False)
     try:
-        check_prompts(rows, draft.config.vocab_size, draft.config.max_seq_len, max_new_tokens)
+        check_prompts(rows, draft.config.vocab_size, draft.config.max_seq_len, max_new_tokens, slide=False)
     except ValueError as err:
         raise ValueError(f"for the draft model: {err}") from None
     check_backend(backend)

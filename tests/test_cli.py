@@ -85,7 +85,8 @@ def test_sample_writes_files_in_the_modality_format(model_dir, capsys, tmp_path)
     [
         (["sample", "{dir}", "--sampler", "top_p=1.5"], "top_p must be in (0, 1]"),
         (["sample", "{dir}", "--sampler", "nucleus=0.9"], "unknown sampler 'nucleus'"),
-        (["sample", "{dir}", "--max-new-tokens", "1000"], "more than the model's context"),
+        (["sample", "{dir}", "--prompt", "x" * 300], "more than the model's context allows"),
+        (["sample", "{dir}", "--past-context", "rolling"], "needs RoPE positions"),
         (["sample", "{dir}/missing"], "does not exist"),
         (["score", "{dir}"], "exactly one of --text or --file"),
         (["init", "{dir}/new", "--tokenizer", "klingon"], "unknown tokenizer 'klingon'"),

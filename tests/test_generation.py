@@ -106,7 +106,7 @@ def test_generation_restores_training_mode_and_leaves_no_state_on_the_model():
         ([[1], []], dict(max_new_tokens=1), "prompt 1 is empty"),
         ([[1, 999]], dict(max_new_tokens=1), r"prompt 0 has token id 999 at position 1, outside the model's vocabulary \(0 .. 255\)"),
         ([[-1]], dict(max_new_tokens=1), "outside the model's vocabulary"),
-        ([[1] * 120], dict(max_new_tokens=10), r"prompt 0 has 120 tokens.*max_seq_len=128.*at most 118 tokens"),
+        ([[1] * 130], dict(max_new_tokens=10), r"prompt 0 has 130 tokens.*max_seq_len=128.*at most 128 tokens"),
         ([[1]], dict(max_new_tokens=1, sampler="top_p=0"), r"top_p must be in \(0, 1\]"),
         ([[1]], dict(max_new_tokens=1, sampler="top_p=1.5"), r"top_p must be in \(0, 1\]"),
         ([[1]], dict(max_new_tokens=1, sampler="temperature=-1"), "temperature must be a number >= 0"),

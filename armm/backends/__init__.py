@@ -38,32 +38,33 @@ def check_backend(backend: str) -> str:
 
 
 def open_decoder(model: Transformer, batch_size: int, max_len: int, backend: str = "auto",
-                 quantize: str | None = None) -> Decoder:
-    """A decoder with its own cache of ``batch_size`` rows and ``max_len`` slots, running ``backend``."""
+                 quantize: str | None = None, rolling: bool = False) -> Decoder:
+    """A decoder with its own cache of ``batch_size`` rows and ``max_len`` slots, running ``backend``; a ``rolling``
+    cache slides over the last ``max_len`` tokens past its length (RoPE models, ``Transformer.new_caches``)."""
     check_backend(backend)
     check_quantize(quantize)
     cpu = model.tok_emb.weight.device.type == "cpu"
     if backend == "compiled":
         from armm.backends.compiled import CompiledDecoder  # torch.compile's import cost only when asked for
 
-        return CompiledDecoder(model, batch_size, max_len, quantize)
+        return CompiledDecoder(model, batch_size, max_len, quantize, rolling)
     if backend == "eager" or not cpu:
-        return EagerDecoder(model, batch_size, max_len, quantize)
+        return EagerDecoder(model, batch_size, max_len, quantize, rolling=rolling)
     if backend == "native":
         from armm.backends.native import NativeDecoder
 
-        return NativeDecoder(model, batch_size, max_len, quantize)
+        return NativeDecoder(model, batch_size, max_len, quantize, rolling=rolling)
     from armm.backends.auto import AutoDecoder
 
-    return AutoDecoder(model, batch_size, max_len, quantize)
+    return AutoDecoder(model, batch_size, max_len, quantize, rolling)
 
 
 @contextmanager
 def decoding(model: Transformer, batch_size: int, max_len: int, backend: str = "auto",
-             quantize: str | None = None) -> Iterator[Decoder]:
+             quantize: str | None = None, rolling: bool = False) -> Iterator[Decoder]:
     """A decoder for one call, closed at its end. Run it under ``torch.inference_mode`` (as a decorator on a
     generator, so that the mode is off between its steps)."""
-    decoder = open_decoder(model, batch_size, max_len, backend, quantize)
+    decoder = open_decoder(model, batch_size, max_len, backend, quantize, rolling)
     try:
         yield decoder
     finally:

@@ -98,7 +98,7 @@ def measure(model: Transformer, quantize: str | None, rows: int) -> str:
     where the step cannot read the model)."""
     if native_weights(model, quantize == "int8") is None:
         return "eager"
-    B, start = shape_class(rows), 16
+    B, start = shape_class(rows), min(16, model.config.max_seq_len - 1)
     native = NativeDecoder(model, B, start + 1, quantize, takes=lambda b, t: True)
     fmt = default_format(model, quantize)  # a twin of its own, dropped afterwards unless eager wins and builds one
     runner = Twin(model, fmt).module
@@ -133,9 +133,10 @@ class AutoDecoder(NativeDecoder):
 
     name = "auto"
 
-    def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None) -> None:
+    def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None,
+                 rolling: bool = False) -> None:
         super().__init__(model, batch_size, max_len, quantize,
-                         takes=lambda b, t: prefers_native(model, quantize, b * t))
+                         takes=lambda b, t: prefers_native(model, quantize, b * t), rolling=rolling)
 
     def fallback(self, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
         if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.numel() > MAX_ROWS:

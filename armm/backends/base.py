@@ -21,11 +21,12 @@ class Decoder:
     name = "plain"
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, cache: list[KVCache] | None = None,
-                 fmt: Format | None = None, runner: nn.Module | None = None) -> None:
-        """``fmt``: the twin's weight format (None: plain); ``runner``: a module to run instead of the twin."""
+                 fmt: Format | None = None, runner: nn.Module | None = None, rolling: bool = False) -> None:
+        """``fmt``: the twin's weight format (None: plain); ``runner``: a module to run instead of the twin;
+        ``rolling``: the cache takes single tokens past ``max_len`` (a sliding window, ``Transformer.new_caches``)."""
         check_sizes(model, batch_size, max_len)
         self.model, self.batch_size, self.max_len, self.fmt = model, batch_size, max_len, fmt
-        self.cache = cache if cache is not None else model.new_caches(batch_size, max_len)
+        self.cache = cache if cache is not None else model.new_caches(batch_size, max_len, rolling)
         self._runner = runner
 
     @property

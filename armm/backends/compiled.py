@@ -79,7 +79,8 @@ class CompiledDecoder(Decoder):
 
     name = "compiled"
 
-    def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None) -> None:
+    def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None,
+                 rolling: bool = False) -> None:
         if quantize is not None:
             raise ValueError("the compiled backend decodes the model's own weights; quantize=None, or use "
                              "backend='native' or 'eager' for int8")
@@ -88,11 +89,17 @@ class CompiledDecoder(Decoder):
             self.compiled = CompiledStep(model, batch_size)  # correct, at the cost of compiling again
             self.compiled.lock.acquire()
         super().__init__(model, batch_size, max_len, cache=self.compiled.cache)
+        if rolling and (max_len != self.compiled.cache[0].max_len or model.config.position != "rope"):
+            raise ValueError(f"the compiled step rolls its cache of max_seq_len={model.config.max_seq_len} slots "
+                             f"(not {max_len}), for RoPE models only (Transformer.new_caches)")
         for layer in self.cache:
             layer.reset()
+            layer.rolling = rolling
 
     def step(self, idx: Tensor, slot: int, pad: Tensor | None = None) -> Tensor:
         self.cache[0].check_write(idx.size(0), slot, 1)
+        if slot + 1 > self.max_len and not self.cache[0].rolling:
+            raise ValueError(f"this decoder holds {self.max_len} slots; cannot write slot {slot}")
         return self.compiled(self.runner, idx, slot, pad)
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ class EagerDecoder(Decoder):
     name = "eager"
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None,
-                 cache: list[KVCache] | None = None, runner: nn.Module | None = None) -> None:
+                 cache: list[KVCache] | None = None, runner: nn.Module | None = None, rolling: bool = False) -> None:
         """``runner``: a module to run instead of the model's decode twin."""
-        super().__init__(model, batch_size, max_len, cache, default_format(model, quantize), runner)
+        super().__init__(model, batch_size, max_len, cache, default_format(model, quantize), runner, rolling)
 

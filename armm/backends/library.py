@@ -52,6 +52,7 @@ class ModelStruct(ctypes.Structure):
         ("lm_head_q", INT8_P),
         ("lm_head_scale", FLOAT_P),
         ("layers", ctypes.POINTER(LayerStruct)),
+        ("rope_inv_freq", FLOAT_P),
     ]
 
 

@@ -34,7 +34,7 @@ from armm.backends.eager import EagerDecoder, check_quantize
 from armm.backends.twin import twin, version_of
 from armm.backends.library import FLOAT_P, INT8_P, MATRICES, LayerStruct, ModelStruct
 from armm.kv_cache import KVCache
-from armm.model import Transformer, check_pad
+from armm.model import Transformer, check_pad, rope_frequencies
 
 MAX_ROWS = 64  # forwards of more rows (batch x tokens) always run in PyTorch: its matrix products win there
 
@@ -69,10 +69,12 @@ def _layer_tensors(block: nn.Module) -> dict[str, Tensor | None]:
 
 
 def _model_tensors(model: Transformer) -> dict[str, Tensor | None]:
-    rope = model.config.position == "rope"
+    c = model.config
+    rope = c.position == "rope"
     return {
         "tok_emb": model.tok_emb.weight, "pos_emb": model.pos_emb.weight if model.pos_emb is not None else None,
         "rope_cos": model.rope_cos if rope else None, "rope_sin": model.rope_sin if rope else None,
+        "rope_inv_freq": rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling) if rope else None,
         "norm_f_weight": model.norm_f.weight, "norm_f_bias": getattr(model.norm_f, "bias", None),
         "lm_head_weight": model.lm_head.weight,
     }
@@ -157,9 +159,10 @@ class NativeDecoder(Decoder):
     name = "native"
 
     def __init__(self, model: Transformer, batch_size: int, max_len: int, quantize: str | None = None,
-                 takes: Callable[[int, int], bool] = takes, cache: list[KVCache] | None = None) -> None:
+                 takes: Callable[[int, int], bool] = takes, cache: list[KVCache] | None = None,
+                 rolling: bool = False) -> None:
         check_quantize(quantize)
-        super().__init__(model, batch_size, max_len, cache)
+        super().__init__(model, batch_size, max_len, cache, rolling=rolling)
         self.quantize, self.int8, self.takes = quantize, quantize == "int8", takes
         self._eager: EagerDecoder | None = None
         self.work = torch.empty(0)
@@ -218,6 +221,8 @@ class NativeDecoder(Decoder):
             raise ValueError(f"idx must be an integer CPU tensor of token ids, got {idx.dtype} on {idx.device}")
         B, T = idx.shape
         self.cache[0].check_write(B, start, T)
+        if start + T >= 2**31:
+            raise ValueError(f"start + T = {start + T} is past the native step's int32 slots; use backend='eager'")
         if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         idx = idx if idx.dtype == torch.int64 and idx.stride(-1) == 1 else idx.long().contiguous()

@@ -435,6 +435,11 @@ def generation_steps(
     result."""
     _check_top(top)
     ids = _ids_tensor(model, prompt_ids)
+    context = model.config.max_seq_len
+    if ids.numel() + steps > context:
+        raise ValueError(f"{ids.numel()} prompt tokens + {steps} steps is more than the model's context "
+                         f"(max_seq_len={context}), in which the steps are shown; lower --steps to at most "
+                         f"{max(context - ids.numel(), 0)} or shorten the prompt")
     chain = _sampler(tokenizer, sampler)
     if stop_tokens is None:
         stop_tokens = [tokenizer.eos_id] if tokenizer is not None and tokenizer.eos_id is not None else []

@@ -42,6 +42,7 @@ typedef struct {
     const int8_t *lm_head_q;                    /* int8 copy of the output layer, or NULL */
     const float *lm_head_scale;
     const Layer *layers;
+    const float *rope_inv_freq;                 /* [head_dim / 2]: RoPE angles past the tables (a rolling cache) */
 } Model;
 
 /* One weight matrix [out, in]: float32, or int8 with a float32 scale per output row when q is not NULL. */
@@ -235,9 +236,19 @@ static void norm(const Model *m, const float *x, int B, const float *weight, con
     }
 }
 
-/* Rotate one head vector (half-rotation layout) by the angles of position pos. */
+/* Rotate one head vector (half-rotation layout) by the angles of position pos: from the tables, or past them (a
+ * rolling cache) computed as the tables are, angle = (float)pos * inv_freq. */
 static void rope(const Model *m, float *v, int pos) {
     int hd = m->head_dim, half = hd / 2;
+    if (pos >= m->max_seq_len) {
+        for (int i = 0; i < half; i++) {
+            float angle = (float)pos * m->rope_inv_freq[i], c = cosf(angle), s = sinf(angle);
+            float x1 = v[i], x2 = v[i + half];
+            v[i] = x1 * c - x2 * s;
+            v[i + half] = x2 * c + x1 * s;
+        }
+        return;
+    }
     const float *c = m->rope_cos + (size_t)pos * hd, *s = m->rope_sin + (size_t)pos * hd;
     for (int i = 0; i < half; i++) {
         float x1 = v[i], x2 = v[i + half];
@@ -273,12 +284,25 @@ static inline float softmax_numerators(float *restrict s, int first, int last) {
     return total;
 }
 
+/* softmax_numerators with the slots hole .. hole_end (none when hole > hole_end) left out: their numerators are 0 */
+static inline float softmax_numerators_around(float *restrict s, int first, int last, int hole, int hole_end) {
+    if (hole > hole_end) return softmax_numerators(s, first, last);
+    float total = 0.f;
+    for (int u = hole; u <= hole_end; u++) s[u] = -INFINITY;  /* below every real score: never the max */
+    total = softmax_numerators(s, first, last);
+    for (int u = hole; u <= hole_end; u++) {
+        total -= s[u];  /* exp_nonpositive's floor, about 1e-38 */
+        s[u] = 0.f;
+    }
+    return total;
+}
+
 /* attend() for a head size HD that is a multiple of 16 (at most 128), known at compile time: q (pre-scaled) and
  * the accumulators stay in registers, each score takes two independent chains of multiply-adds, and the values
  * are summed two keys at a time into two sets of accumulators (about 3x faster a key than the plain loop). */
 static inline __attribute__((always_inline)) void attend_fixed(const int HD, const float *restrict q,
-        const float *restrict K, const float *restrict V, int first, int last, float scale, float *restrict s,
-        float *restrict y) {
+        const float *restrict K, const float *restrict V, int first, int last, int hole, int hole_end, float scale,
+        float *restrict s, float *restrict y) {
     const int n = HD / VLEN;
     vecf qs[128 / VLEN], acc[128 / VLEN], acc2[128 / VLEN];
     for (int k = 0; k < n; k++) qs[k] = *(const vecf *)(q + VLEN * k) * scale;
@@ -291,7 +315,7 @@ static inline __attribute__((always_inline)) void attend_fixed(const int HD, con
         }
         s[t] = hsum(a + b);
     }
-    const float total = softmax_numerators(s, first, last);
+    const float total = softmax_numerators_around(s, first, last, hole, hole_end);
     for (int k = 0; k < n; k++) acc[k] = acc2[k] = (vecf){0};
     int t = first;
     for (; t < last; t += 2) {
@@ -307,18 +331,19 @@ static inline __attribute__((always_inline)) void attend_fixed(const int HD, con
     for (int k = 0; k < n; k++) *(vecf *)(y + VLEN * k) = (acc[k] + acc2[k]) * inv;
 }
 
-/* One query q [hd] over cached keys and values K, V [C, hd] at slots first .. last: softmax(q.K * scale) V into
- * y [hd]. s: scratch of C floats. */
+/* One query q [hd] over cached keys and values K, V [C, hd] at slots first .. last, except hole .. hole_end (a
+ * rolling cache's slots not yet written or padding, when hole <= hole_end): softmax(q.K * scale) V into y [hd].
+ * s: scratch of C floats. */
 static void attend(const float *restrict q, const float *restrict K, const float *restrict V, int first, int last,
-                   int hd, float scale, float *restrict s, float *restrict y) {
+                   int hole, int hole_end, int hd, float scale, float *restrict s, float *restrict y) {
     switch (hd) {
-        case 16: attend_fixed(16, q, K, V, first, last, scale, s, y); return;
-        case 32: attend_fixed(32, q, K, V, first, last, scale, s, y); return;
-        case 64: attend_fixed(64, q, K, V, first, last, scale, s, y); return;
-        case 128: attend_fixed(128, q, K, V, first, last, scale, s, y); return;
+        case 16: attend_fixed(16, q, K, V, first, last, hole, hole_end, scale, s, y); return;
+        case 32: attend_fixed(32, q, K, V, first, last, hole, hole_end, scale, s, y); return;
+        case 64: attend_fixed(64, q, K, V, first, last, hole, hole_end, scale, s, y); return;
+        case 128: attend_fixed(128, q, K, V, first, last, hole, hole_end, scale, s, y); return;
     }
     for (int t = first; t <= last; t++) s[t] = dot(q, K + (size_t)t * hd, hd) * scale;
-    const float total = softmax_numerators(s, first, last);
+    const float total = softmax_numerators_around(s, first, last, hole, hole_end);
     for (int i = 0; i < hd; i++) y[i] = 0.f;
     for (int t = first; t <= last; t++) {
         const float w = s[t] / total, *v = V + (size_t)t * hd;
@@ -327,17 +352,20 @@ static void attend(const float *restrict q, const float *restrict K, const float
     }
 }
 
-/* Position of row r (batch row r / T, its token r % T) and its cache slot; a padding slot has position 0. */
-static inline int slot_of(int r, int T, int start) { return start + r % T; }
+/* Position of row r (batch row r / T, its token r % T) and its cache slot (a rolling cache wraps around: slot
+ * start + r % T of the sequence lives at (start + r % T) % C); a padding slot has position 0. */
+static inline int slot_of(int r, int T, int start, int C) { return (start + r % T) % C; }
 static inline int position_of(int r, int T, int start, const int64_t *pad) {
     int pos = start + r % T - (pad ? (int)pad[r / T] : 0);
     return pos < 0 ? 0 : pos;
 }
 
 /* tokens [B, T] (rows token_stride apart) at cache slots start .. start+T-1; pad [B] left padding per row or
- * NULL. Writes the logits of the last `keep` tokens of each row, [B, keep, vocab_size]. work: scratch of
- * armm_work_size(m, B * T) floats. Returns (and does nothing) 1 if a token is outside the vocabulary, 2 if a
- * position is past max_seq_len; else 0. */
+ * NULL. Past the cache's length (start + T > cache_len: a rolling cache, RoPE only) it takes one token a row,
+ * written over the oldest slot, attending to the last cache_len slots. Writes the logits of the last `keep`
+ * tokens of each row, [B, keep, vocab_size]. work: scratch of armm_work_size(m, B * T) floats. Returns (and does
+ * nothing) 1 if a token is outside the vocabulary, 2 if a position is past max_seq_len with learned positions or
+ * the cache's length is passed by more than one token or without RoPE; else 0. */
 int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, int B, int T, int start,
                  const int64_t *pad, int keep, float *work, float *logits, int n_threads) {
     const int d = m->d_model, hd = m->head_dim, nh = m->n_head, nkv = m->n_kv_head, C = m->cache_len;
@@ -345,10 +373,12 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
     float *x = work, *h = x + (size_t)R * d, *qkv = h + (size_t)R * d, *att = qkv + (size_t)R * qkv_out;
     float *ff = att + (size_t)R * nh * hd, *scores = ff + (size_t)R * m->d_ff;
     const float scale = 1.f / sqrtf((float)hd);
+    const int rolled = start + T > C;
+    if (start < 0 || (rolled && (T != 1 || !m->rope_cos || !m->rope_inv_freq))) return 2;
     for (int r = 0; r < R; r++) {
         int64_t token = tokens[(r / T) * token_stride + r % T];
         if (token < 0 || token >= m->vocab_size) return 1;
-        if (start + r % T - (pad ? pad[r / T] : 0) >= m->max_seq_len) return 2;
+        if (start + r % T - (pad ? pad[r / T] : 0) >= m->max_seq_len && !rolled) return 2;
     }
 
     #pragma omp parallel num_threads(n_threads)
@@ -374,7 +404,7 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
                 if (m->rope_cos)
                     for (int j = 0; j < nh + nkv; j++) rope(m, row + (size_t)j * hd, position_of(r, T, start, pad));
                 for (int j = 0; j < nkv; j++) {
-                    size_t at = (((size_t)(r / T) * nkv + j) * C + slot_of(r, T, start)) * hd;
+                    size_t at = (((size_t)(r / T) * nkv + j) * C + slot_of(r, T, start, C)) * hd;
                     for (int i = 0; i < hd; i++) {
                         L->k_cache[at + i] = row[(size_t)(nh + j) * hd + i];
                         L->v_cache[at + i] = row[(size_t)(nh + nkv + j) * hd + i];
@@ -382,15 +412,24 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
                 }
             }
             /* attention of each (token, head) over the cache slots pad[b] .. its own; a padding token (its slot
-             * below pad[b]) attends to itself only */
+             * below pad[b]) attends to itself only. Past the cache's length, over the last C slots of the sequence
+             * from pad[b] on: all C cache slots, or those from pad[b] % C round to the token's, leaving a hole */
             #pragma omp for collapse(2) schedule(static)
             for (int r = 0; r < R; r++) {
                 for (int j = 0; j < nh; j++) {
-                    int b = r / T, kv = j / (nh / nkv), last = slot_of(r, T, start), first = pad ? (int)pad[b] : 0;
-                    if (first > last) first = last;
+                    int b = r / T, kv = j / (nh / nkv), at = start + r % T, first = pad ? (int)pad[b] : 0;
+                    int last = at, hole = 1, hole_end = 0;  /* no hole */
+                    if (rolled) {
+                        last = at % C;
+                        if (first <= at - C + 1) first = 0, last = C - 1;  /* the whole window is real */
+                        else if (first % C <= last) first %= C;             /* one run of slots */
+                        else hole = last + 1, hole_end = first % C - 1, first = 0, last = C - 1;
+                    } else if (first > last) {
+                        first = last;
+                    }
                     attend(qkv + (size_t)r * qkv_out + (size_t)j * hd,
                            L->k_cache + ((size_t)b * nkv + kv) * C * hd, L->v_cache + ((size_t)b * nkv + kv) * C * hd,
-                           first, last, hd, scale, scores + ((size_t)r * nh + j) * C,
+                           first, last, hole, hole_end, hd, scale, scores + ((size_t)r * nh + j) * C,
                            att + (size_t)r * nh * hd + (size_t)j * hd);
                 }
             }
