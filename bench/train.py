@@ -37,6 +37,12 @@ loop, depending only on the order in which it allocates and frees. ``--malloc-tu
 ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set so that glibc keeps that memory (jemalloc or
 tcmalloc through ``LD_PRELOAD`` do the same; the workers inherit the environment).
 
+``--finetune`` compares fine-tuning instead: full fine-tuning against LoRA (``model.lora``, rank ``--lora-rank`` on
+``--lora-targets``), both ``ARModule`` fitted by the Trainer from the same pretrained folder (``model.init_from``: the
+randomly initialised model saved with ``armm.save_model``), on the same batches, timed the same way. It reports the
+trainable parameters, the optimizer's state (the bytes of every tensor in ``optimizer.state`` after the last step),
+the peak memory and tokens/s of each, side by side.
+
 This is a benchmark, not a test: it asserts nothing and always exits 0 unless something crashes.
 """
 
@@ -57,7 +63,8 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, NamedTuple, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -65,10 +72,12 @@ from torch.utils.data import DataLoader, Dataset
 
 import armm
 from armm import ModelConfig, Transformer
+from armm.training.lora import DEFAULT_TARGETS, TARGETS, LoraOptions
 from armm.training.module import DEFAULT_OPTIMIZER, ARModule, warmup_cosine
-from tables import print_table  # bench/tables.py (this folder is on sys.path)
+from tables import cpu_summary, print_table  # bench/tables.py (this folder is on sys.path)
 
 LOOPS = ("plain", "armm")
+FINETUNE_LOOPS = ("full", "lora")  # --finetune: ARModule from model.init_from, all weights or LoRA adapters
 PRECISIONS = {"fp32": (torch.float32, "32-true"), "bf16": (torch.bfloat16, "bf16-mixed")}  # matmul dtype, Lightning
 LR_WARMUP = 10  # ARModule's warmup_steps, and the same schedule in the plain loop
 CLIP = 1.0
@@ -93,6 +102,8 @@ class Spec:
     rounds: int
     seed: int
     clock: str = "wall"
+    init_from: str | None = None  # --finetune: the pretrained folder both loops start from
+    lora: dict[str, Any] | None = None  # LoraOptions of the "lora" loop
 
     @property
     def total_steps(self) -> int:
@@ -108,6 +119,23 @@ class Outcome:
     peak_memory: int = 0  # bytes
     final_loss: float = math.nan
     params: int = 0
+    trainable: int = 0  # parameters the optimizer updates
+    total: int = 0  # every parameter of the model, adapters included
+    optimizer_state: int = 0  # bytes of the optimizer's state after the last step
+
+
+class Sizes(NamedTuple):
+    """What a training loop reports about its model and optimizer."""
+
+    params: int  # N, for the FLOPs estimate
+    trainable: int
+    total: int
+    optimizer_state: int  # bytes
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if isinstance(t, torch.Tensor))
 
 
 # --- data: the same pre-made batches for both loops ---------------------------------------------------
@@ -196,8 +224,8 @@ def peak_rss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
-def train_plain(spec: Spec, loader: DataLoader, clock: RoundClock) -> int:
-    """The nanoGPT loop over ``Transformer``; returns the parameter count used for the FLOPs estimate.
+def train_plain(spec: Spec, loader: DataLoader, clock: RoundClock) -> Sizes:
+    """The nanoGPT loop over ``Transformer``.
 
     As in nanoGPT, ``logits`` and ``loss`` stay referenced until the next step's forward replaces them."""
     dtype, _ = PRECISIONS[spec.precision]
@@ -225,11 +253,13 @@ def train_plain(spec: Spec, loader: DataLoader, clock: RoundClock) -> int:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         clock.after_step(step, loss.detach())
-    return model.num_params()
+    total = sum(p.numel() for p in params)
+    return Sizes(model.num_params(), total, total, optimizer_state_bytes(optimizer))
 
 
-def train_armm(spec: Spec, loader: DataLoader, clock: RoundClock) -> int:
-    """``ARModule`` fitted by a bare ``lightning.Trainer``; returns the parameter count."""
+def train_armm(spec: Spec, loader: DataLoader, clock: RoundClock) -> Sizes:
+    """``ARModule`` fitted by a bare ``lightning.Trainer``: trained from scratch, or (``--finetune``) from
+    ``spec.init_from``, all of it or LoRA adapters."""
     import lightning as L
 
     class Pace(L.Callback):
@@ -243,8 +273,12 @@ def train_armm(spec: Spec, loader: DataLoader, clock: RoundClock) -> int:
 
     config = model_config(spec)
     torch.manual_seed(spec.seed)  # the same initial weights as the plain loop's model
-    module = ARModule(preset=spec.preset, overrides={k: v for k, v in spec.overrides.items() if k != "vocab_size"},
-                      vocab_size=config.vocab_size, warmup_steps=LR_WARMUP, min_lr_ratio=0.1)
+    if spec.init_from is not None:
+        lora = LoraOptions(**spec.lora) if spec.loop == "lora" else None
+        module = ARModule(init_from=spec.init_from, lora=lora, warmup_steps=LR_WARMUP, min_lr_ratio=0.1)
+    else:
+        module = ARModule(preset=spec.preset, overrides={k: v for k, v in spec.overrides.items() if k != "vocab_size"},
+                          vocab_size=config.vocab_size, warmup_steps=LR_WARMUP, min_lr_ratio=0.1)
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
             accelerator=spec.device, devices=1, precision=PRECISIONS[spec.precision][1], max_steps=spec.total_steps,
@@ -253,7 +287,11 @@ def train_armm(spec: Spec, loader: DataLoader, clock: RoundClock) -> int:
             callbacks=[Pace()], default_root_dir=root,
         )
         trainer.fit(module, train_dataloaders=loader)
-    return module.transformer.num_params()
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    with torch.device("meta"):  # N of the network without its adapters, allocating nothing
+        params = Transformer(module.config).num_params()
+    total = sum(p.numel() for p in module.parameters())
+    return Sizes(params, trainable, total, optimizer_state_bytes(trainer.optimizers[0]))
 
 
 def worker(spec: Spec) -> None:
@@ -267,13 +305,15 @@ def worker(spec: Spec) -> None:
     sys.stdout = sys.stderr  # anything else printed (Lightning's notices) stays off the protocol stream
     loader = DataLoader(PremadeBatches(spec, model_config(spec).vocab_size), batch_size=None, shuffle=False)
     clock = RoundClock(spec, sys.stdin, reply)
+    if spec.init_from is not None:
+        import peft  # noqa: F401  (both fine-tuning workers: LoRA's imports, transformers too, are not its memory)
     if spec.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = current_rss()
     send(reply, {"ready": True})
-    params = (train_plain if spec.loop == "plain" else train_armm)(spec, loader, clock)
+    sizes = (train_plain if spec.loop == "plain" else train_armm)(spec, loader, clock)
     outcome = clock.outcome
-    outcome.params = params
+    outcome.params, outcome.trainable, outcome.total, outcome.optimizer_state = sizes
     outcome.peak_memory = torch.cuda.max_memory_allocated() if spec.device == "cuda" else peak_rss() - baseline
     send(reply, {"outcome": asdict(outcome)})
 
@@ -431,6 +471,12 @@ def main() -> None:
                              "steadier figure on a busy machine (CPU only; caches and memory are still shared)")
     parser.add_argument("--malloc-tuned", action="store_true",
                         help="start the workers with glibc malloc set to keep freed memory (fewer page faults)")
+    parser.add_argument("--finetune", action="store_true",
+                        help="compare full fine-tuning with LoRA (from the same pretrained folder) instead of the\n"
+                             "plain loop with armm's")
+    parser.add_argument("--lora-rank", type=int, default=8, help="--finetune: the adapters' rank (default: 8)")
+    parser.add_argument("--lora-targets", nargs="+", choices=tuple(TARGETS), default=list(DEFAULT_TARGETS),
+                        help=f"--finetune: the layers with adapters (default: {' '.join(DEFAULT_TARGETS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -461,6 +507,8 @@ def main() -> None:
     print(f"armm {armm.__version__}, torch {torch.__version__}, python {platform.python_version()}, "
           f"{platform.machine()}, " + (f"GPU {torch.cuda.get_device_name()}" if cuda else
                                         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"))
+    if not cuda:
+        print(cpu_summary())
     load = load_average()
     print(f"threads: {torch.get_num_threads()} intra-op, os.cpu_count()={os.cpu_count()}, "
           f"1-min load average before start: {'n/a' if load is None else f'{load:.2f}'}")
@@ -472,30 +520,24 @@ def main() -> None:
     print(f"{args.rounds} round(s) x ({args.warmup} warm-up + {args.steps} timed steps) per loop and precision; "
           f"malloc: {allocator}\n")
     warn_if_busy("start", 0)
+    env = {**os.environ, **MALLOC_TUNED} if args.malloc_tuned else None
+    if args.finetune:
+        with tempfile.TemporaryDirectory() as root:
+            pretrained = save_pretrained(config, args.seed, Path(root))
+            lora = {"rank": args.lora_rank, "targets": args.lora_targets}
+            print(f"pretrained model: {pretrained} (random weights); LoRA {json.dumps(lora)}", flush=True)
+            spec = Spec(**{**asdict(spec), "init_from": str(pretrained), "lora": lora})
+            outcomes = run_loops(spec, FINETUNE_LOOPS, precisions, args.rounds, env)
+        warn_if_busy("end", torch.get_num_threads())
+        report_finetune(outcomes, precisions, tokens_per_step, args)
+        return
 
     # --- the machine's matmul peak, per dtype -------------------------------------------------------------
     n = args.peak_size or (8192 if cuda else 2048)
     peaks = {p: matmul_peak(PRECISIONS[p][0], args.device, n, args.peak_repeats, args.clock) for p in precisions}
     onednn = onednn_fp32_peak(n, args.peak_repeats, args.clock) if not cuda and "fp32" in precisions else None
     print("  matmul peak (first): " + ", ".join(f"{p} {peaks[p] / 1e9:,.1f} GFLOP/s" for p in precisions), flush=True)
-
-    # --- the loops, alternating -----------------------------------------------------------------------------
-    env = {**os.environ, **MALLOC_TUNED} if args.malloc_tuned else None
-    workers = {(loop, p): Worker(Spec(**{**asdict(spec), "loop": loop, "precision": p}), env)
-               for p in precisions for loop in LOOPS}
-    try:
-        for w in workers.values():
-            w.receive()  # ready: imported, data made
-        for r in range(args.rounds):
-            for p in precisions:
-                order = LOOPS if r % 2 == 0 else LOOPS[::-1]
-                seconds = {loop: workers[loop, p].go()["seconds"] for loop in order}
-                rates = (f"{loop} {tokens_per_step * args.steps / seconds[loop]:,.0f} tokens/s" for loop in order)
-                print(f"  round {r + 1} {p}: " + ", ".join(rates), flush=True)
-        outcomes = {key: Outcome(**w.receive()["outcome"]) for key, w in workers.items()}
-    finally:
-        for w in workers.values():
-            w.close()
+    outcomes = run_loops(spec, LOOPS, precisions, args.rounds, env)
     for p in precisions:  # again, now that the workers have warmed the machine up; the best counts
         peaks[p] = max(peaks[p], matmul_peak(PRECISIONS[p][0], args.device, n, args.peak_repeats, args.clock))
     if onednn is not None:
@@ -519,19 +561,16 @@ def main() -> None:
             seconds = step_seconds(outcome, args.device)
             speed[loop, p] = tokens_per_step / seconds
             ratio = speed[loop, p] / speed["plain", p]
-            per_round = [tokens_per_step / s for s in round_step_seconds(outcome, args.device)]
-            rows.append([loop, p, f"{speed[loop, p]:,.0f}", f"{min(per_round):,.0f}-{max(per_round):,.0f}",
+            rows.append([loop, p, f"{speed[loop, p]:,.0f}", rounds_range(outcome, tokens_per_step, args.device),
                          f"{seconds * 1e3:.1f}", f"{ratio:.3f}" if loop == "armm" else "1.000",
                          f"{flops * speed[loop, p] / peaks[p]:.1%}", f"{outcome.peak_memory / 2**20:,.0f} MiB",
                          f"{outcome.final_loss:.4f}"])
     print()
     print_table(["loop", "precision", "tokens/s", "rounds' tokens/s", "ms/step", "armm/plain", "MFU", "peak memory",
                  "last loss"], rows)
-    statistic = "mean of the timed steps (timed as blocks)" if cuda else f"median timed step ({args.clock} clock)"
-    memory = "torch.cuda.max_memory_allocated" if cuda else "peak RSS growth of the worker process"
     print(f"\n{params / 1e6:.2f}M parameters (N, without position embeddings); model FLOPs/token = 6N + 12 L d T = "
-          f"{flops / 1e6:.1f}M; ms/step = {statistic} over {args.rounds} x {args.steps}; peak memory = {memory}; "
-          f"last loss = the loss of the final step (the same maths gives the same loss).")
+          f"{flops / 1e6:.1f}M; {measures(args)}; last loss = the loss of the final step (the same maths gives the "
+          f"same loss).")
     logits = ", ".join(f"{tokens_per_step * config.vocab_size * PRECISIONS[p][0].itemsize / 2**20:,.0f} MiB in {p}"
                        for p in precisions)
     print(f"The plain loop keeps the last step's logits (B x T x V: {logits}) alive through the next forward, as "
@@ -542,6 +581,71 @@ def main() -> None:
     if "fp32" in precisions and "bf16" in precisions:
         print("bf16 autocast speed-up over fp32: " + ", ".join(
             f"{loop} {speed[loop, 'bf16'] / speed[loop, 'fp32']:.2f}x" for loop in LOOPS) + " (target: >= 1.6x)")
+
+
+def run_loops(spec: Spec, loops: tuple[str, ...], precisions: list[str], rounds: int,
+              env: dict[str, str] | None) -> dict[tuple[str, str], Outcome]:
+    """One worker per (loop, precision), taking turns round by round, the loops' order alternating."""
+    tokens = spec.batch_size * spec.seq_len * spec.steps
+    workers = {(loop, p): Worker(Spec(**{**asdict(spec), "loop": loop, "precision": p}), env)
+               for p in precisions for loop in loops}
+    try:
+        for w in workers.values():
+            w.receive()  # ready: imported, data made
+        for r in range(rounds):
+            for p in precisions:
+                order = loops if r % 2 == 0 else loops[::-1]
+                seconds = {loop: workers[loop, p].go()["seconds"] for loop in order}
+                rates = (f"{loop} {tokens / seconds[loop]:,.0f} tokens/s" for loop in order)
+                print(f"  round {r + 1} {p}: " + ", ".join(rates), flush=True)
+        return {key: Outcome(**w.receive()["outcome"]) for key, w in workers.items()}
+    finally:
+        for w in workers.values():
+            w.close()
+
+
+def save_pretrained(config: ModelConfig, seed: int, root: Path) -> Path:
+    """A randomly initialised model saved as an armm model directory (with the byte tokenizer, which
+    ``model.init_from`` requires; the benchmark's batches are random ids), for ``--finetune``."""
+    tokenizer = armm.get_plugins().tokenizers.get("bytes")()
+    if config.vocab_size < tokenizer.vocab_size:
+        raise SystemExit(f"--finetune saves the model with the byte tokenizer ({tokenizer.vocab_size} ids); "
+                         f"use --vocab-size {tokenizer.vocab_size} or more")
+    torch.manual_seed(seed)
+    return armm.save_model(root / "pretrained", Transformer(config), tokenizer)
+
+
+def rounds_range(outcome: Outcome, tokens_per_step: int, device: str) -> str:
+    per_round = [tokens_per_step / s for s in round_step_seconds(outcome, device)]
+    return f"{min(per_round):,.0f}-{max(per_round):,.0f}"
+
+
+def measures(args: argparse.Namespace) -> str:
+    """How ms/step and peak memory were measured, in words."""
+    cuda = args.device == "cuda"
+    statistic = "mean of the timed steps (timed as blocks)" if cuda else f"median timed step ({args.clock} clock)"
+    memory = "torch.cuda.max_memory_allocated" if cuda else "peak RSS growth of the worker process"
+    return f"ms/step = {statistic} over {args.rounds} x {args.steps}; peak memory = {memory}"
+
+
+def report_finetune(outcomes: dict[tuple[str, str], Outcome], precisions: list[str], tokens_per_step: int,
+                    args: argparse.Namespace) -> None:
+    """Full fine-tuning and LoRA side by side: what each trains and keeps, and how fast."""
+    rows = []
+    for p in precisions:
+        speed = {loop: tokens_per_step / step_seconds(outcomes[loop, p], args.device) for loop in FINETUNE_LOOPS}
+        for loop in FINETUNE_LOOPS:
+            outcome = outcomes[loop, p]
+            rows.append([loop, p, f"{outcome.trainable:,}", f"{outcome.trainable / outcome.total:.2%}",
+                         f"{outcome.optimizer_state / 2**20:,.2f} MiB", f"{outcome.peak_memory / 2**20:,.0f} MiB",
+                         f"{speed[loop]:,.0f}", rounds_range(outcome, tokens_per_step, args.device),
+                         f"{speed[loop] / speed['full']:.2f}x", f"{outcome.final_loss:.4f}"])
+    print()
+    print_table(["fine-tuning", "precision", "trainable params", "of all", "optimizer state", "peak memory", "tokens/s",
+                 "rounds' tokens/s", "vs full", "last loss"], rows)
+    params = outcomes[FINETUNE_LOOPS[0], precisions[0]].params
+    print(f"N = {params / 1e6:.2f}M parameters (without position embeddings); optimizer state = the bytes of the "
+          f"AdamW moments after the last step; {measures(args)}.")
 
 
 if __name__ == "__main__":

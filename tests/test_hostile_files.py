@@ -254,7 +254,7 @@ def test_training_callbacks_write_only_inside_the_run_folder(tmp_path):
     model = armm.Transformer(armm.ModelConfig.from_name("gpt2-tiny", vocab_size=tokenizer.vocab_size))
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=3, log_dir=None,
                               default_root_dir=str(tmp_path / "run"), datamodule=SimpleNamespace(tokenizer=tokenizer))
-    module = SimpleNamespace(transformer=model)
+    module = SimpleNamespace(transformer=model, merged_transformer=lambda: model, lora=None, hparams={})
     WriteSamples(num_samples=2, max_new_tokens=4, prompt="../../../escape").on_validation_end(trainer, module)
     ExportModel.export(trainer, module, "best")
     written = files_under(tmp_path)

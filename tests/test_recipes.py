@@ -1,5 +1,6 @@
 """Every recipe in recipes/ parses, keeps its outputs under its own run folder, and trains a few steps end to end
-(with a tiny model, tokenizer and VQ-VAE) on its built-in dataset."""
+(with a tiny model, tokenizer and VQ-VAE) on its built-in dataset; a fine-tuning recipe starts from a tiny run of the
+recipe whose export its ``model.init_from`` names."""
 
 from __future__ import annotations
 
@@ -50,9 +51,19 @@ def test_every_recipe_documents_its_command_and_writes_under_its_own_run_folder(
     assert all(path.startswith(run) for path in paths if path is not None)
 
 
+def pretrain(init_from: str) -> None:
+    """Run, shrunk, the recipe whose run folder holds ``init_from`` (``runs/text/export/best``: text.yaml)."""
+    (upstream,) = [path for path in RECIPES if init_from.startswith(load_recipe(path)["trainer"]["default_root_dir"] + "/")]
+    main(["fit", "-c", str(upstream), *tiny_overrides(load_recipe(upstream))])
+    assert Path(init_from, "config.json").is_file()
+
+
 def test_recipe_parses_and_trains_a_few_steps(recipe, tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.chdir(tmp_path)  # every path in a recipe is relative: the run lands in tmp_path/runs/
     config = load_recipe(recipe)
+    if config["model"].get("init_from"):
+        pretrain(config["model"]["init_from"])
+        capsys.readouterr()  # the upstream run's output is not this recipe's printed config
     args = ["fit", "-c", str(recipe), *tiny_overrides(config)]
     with pytest.raises(SystemExit) as exited:
         main([*args, "--print_config"])

@@ -10,9 +10,12 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
-from armm.checkpoint import save_model
+from armm.checkpoint import TOKENIZER_DIR, save_model
 from armm.generation import generate
+from armm.hf import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE
 from armm.layout import sampler_for
+from armm.pretrained import pretrained_kind
+from armm.training.lora import save_adapters
 
 
 def _run_dir(trainer: L.Trainer) -> Path:
@@ -22,7 +25,10 @@ def _run_dir(trainer: L.Trainer) -> Path:
 class ExportModel(L.Callback):
     """Exports ``config.json`` + ``model.safetensors`` + ``tokenizer/`` + ``recipe.yaml`` into ``<run>/export/best``
     at each new best validation loss and into ``<run>/export/final`` at the end. ``armm sample`` and ``armm score``
-    load these directories. An export is written aside, then swapped in, so a crash leaves the previous one whole."""
+    load these directories. An export is written aside, then swapped in, so a crash leaves the previous one whole.
+
+    A fine-tuned model (``model.init_from``) keeps the chat template and tokenizer settings of its pretrained folder;
+    LoRA adapters are merged into the weights, or exported alone with ``model.lora.export: adapters``."""
 
     def __init__(self, monitor: str = "val/loss") -> None:
         self.monitor = monitor
@@ -52,7 +58,13 @@ class ExportModel(L.Callback):
         target = _run_dir(trainer) / "export" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}-"))
-        save_model(staging, module.transformer, trainer.datamodule.tokenizer)
+        lora, init_from = module.lora, module.hparams.get("init_from")
+        if lora is not None and lora.export == "adapters":
+            save_adapters(staging, module.transformer, init_from)
+        else:
+            save_model(staging, module.merged_transformer(), trainer.datamodule.tokenizer)
+            if init_from is not None:
+                copy_chat_files(Path(init_from), staging)
         if recipe.is_file():
             shutil.copyfile(recipe, staging / "recipe.yaml")
         old = target.with_name(f".{name}-old")
@@ -62,6 +74,16 @@ class ExportModel(L.Callback):
         staging.replace(target)
         shutil.rmtree(old, ignore_errors=True)
         return target
+
+
+def copy_chat_files(pretrained: Path, target: Path) -> None:
+    """Copy the chat template and the tokenizer settings of a pretrained folder (armm or Hugging Face) to the places
+    an armm model directory keeps them (as ``armm convert`` does on import), so ``armm chat`` uses the same template."""
+    kept = f"{TOKENIZER_DIR}/{TOKENIZER_CONFIG_FILE}"  # where an armm model directory keeps the tokenizer settings
+    settings = TOKENIZER_CONFIG_FILE if pretrained_kind(pretrained) == "hf" else kept
+    for source, name in ((settings, kept), (CHAT_TEMPLATE_FILE, CHAT_TEMPLATE_FILE)):
+        if (pretrained / source).is_file():
+            shutil.copyfile(pretrained / source, target / name)
 
 
 class WriteSamples(L.Callback):
@@ -77,7 +99,7 @@ class WriteSamples(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         tok = trainer.datamodule.tokenizer
-        model = module.transformer
+        model = module.merged_transformer()
         prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(self.prompt)
         budget = min(self.max_new_tokens, model.config.max_seq_len - len(prompt))
         new = generate(model, [prompt] * self.num_samples, max_new_tokens=budget, sampler=sampler_for(tok, self.sampler),

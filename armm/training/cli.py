@@ -2,7 +2,8 @@
 
 Every recipe key can be overridden on the command line (``--trainer.max_steps 200``) and
 ``--print_config`` prints the resolved recipe. The optimizer is a top-level ``optimizer:`` section,
-linked into the module, which builds decay / no-decay parameter groups from it.
+linked into the module, which builds decay / no-decay parameter groups from it. ``model.init_from`` (fine-tuning)
+is linked into ``data.pretrained``, so the data are tokenised with the pretrained model's tokenizer.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from armm.training.module import ARModule
 class ArmmCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_optimizer_args(torch.optim.AdamW, link_to="model.optimizer")
+        parser.link_arguments("model.init_from", "data.pretrained")  # a fine-tuned model reads its own tokenizer's ids
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         """Parse, then make every checkpoint load refuse code: ``weights_only=True`` always (also against

@@ -7,6 +7,9 @@ Two layouts:
 - ``samples`` (images, audio clips): every document is one row of exactly ``seq_len + 1`` tokens,
   right-padded with the pad id, whose targets are ignored.
 
+With ``format: chat`` the documents are conversations, packed like text with a flag per token
+(``train_scored.npy`` / ``val_scored.npy``) that keeps the loss on the assistant replies (``armm.training.chat_data``).
+
 The cache (``cache_dir/<key>/``) holds ``train.bin`` / ``val.bin`` (``numpy.memmap``), ``meta.json`` and the
 fitted tokenizer, keyed by the tokenizer, its options and the data; a second run skips tokenisation.
 """
@@ -28,25 +31,45 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from armm.layout import VocabLayout
 from armm.plugins import get_plugins
+from armm.pretrained import load_pretrained_tokenizer
 from armm.tokenizer import Tokenizer, build_tokenizer
+from armm.training.chat_data import (
+    Messages, chat_template_for, conversations_of, pack_conversations, read_conversations, rendered_texts,
+)
 
 IGNORE_INDEX = -100
 CACHE_FORMAT = 2  # part of the cache key: a new format never reads an old cache
 Layout = Literal["packed", "samples"]
+DataFormat = Literal["documents", "chat"]
 
 
 class PackedWindows(Dataset):
-    """Windows of a token stream: item ``i`` is the stream at ``i * stride`` .. ``+ seq_len + 1``."""
+    """Windows of a token stream: item ``i`` is the stream at ``i * stride`` .. ``+ seq_len + 1``.
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, stride: int) -> None:
-        self.tokens, self.seq_len, self.stride = tokens, seq_len, stride
+    With ``scored`` (a flag per token, e.g. the assistant replies of chat data) a target whose flag is off is
+    ignored, and the windows holding no scored target are left out (their loss would be 0 / 0): item ``i`` is then
+    the ``i``-th window that holds one, listed once in memory (fine-tuning data is small).
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, stride: int, scored: np.ndarray | None = None) -> None:
+        self.tokens, self.seq_len, self.stride, self.scored = tokens, seq_len, stride, scored
+        self.count = max(0, (len(tokens) - seq_len - 1) // stride + 1)
+        self.starts = None
+        if scored is not None:
+            starts = np.arange(self.count, dtype=np.int64) * stride
+            counts = np.concatenate([[0], np.cumsum(scored, dtype=np.int64)])  # counts[j]: scored among the first j
+            self.starts = starts[counts[starts + seq_len + 1] > counts[starts + 1]]
 
     def __len__(self) -> int:
-        return max(0, (len(self.tokens) - self.seq_len - 1) // self.stride + 1)
+        return self.count if self.starts is None else len(self.starts)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        window = torch.from_numpy(self.tokens[i * self.stride:i * self.stride + self.seq_len + 1].astype(np.int64))
-        return {"input_ids": window[:-1], "targets": window[1:]}
+        start = i * self.stride if self.starts is None else int(self.starts[i])
+        window = torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
+        if self.scored is None:
+            return {"input_ids": window[:-1], "targets": window[1:]}
+        keep = torch.from_numpy(self.scored[start + 1:start + self.seq_len + 1].astype(bool))
+        return {"input_ids": window[:-1], "targets": window[1:].masked_fill(~keep, IGNORE_INDEX)}
 
 
 class PaddedSamples(Dataset):
@@ -116,9 +139,12 @@ class TokenDataModule(L.LightningDataModule):
     """Reads a dataset through a tokenizer plugin, tokenises it once into a cache, and serves training windows.
 
     Args:
-        tokenizer: A registered tokenizer name (see ``armm plugins``).
+        tokenizer: A registered tokenizer name (see ``armm plugins``); ``bytes`` when unset. With ``pretrained``,
+            unset or the name of the pretrained folder's tokenizer.
         tokenizer_options: Keyword arguments for the tokenizer (e.g. ``vocab_size`` of a BPE, image ``size``).
         tokenizer_dir: A saved tokenizer folder to use instead of fitting one (for trainable tokenizers).
+        pretrained: Tokenise with the tokenizer of this pretrained folder (an armm model directory or a Hugging Face
+            folder; what ``model.init_from`` names, linked by ``armm fit``): ``tokenizer_options`` are not used.
         dataset: A registered built-in dataset (no download), used when ``path`` is not given.
         path: A file, folder or glob of raw data, read by the tokenizer plugin.
         layout: ``packed`` token stream (text-like) or fixed-length ``samples`` (images, audio clips).
@@ -131,13 +157,19 @@ class TokenDataModule(L.LightningDataModule):
         condition_dropout: Probability of replacing a training sample's condition by the null token, for
             classifier-free guidance (mixed layouts with ``layout: samples``).
         condition: The layout part that conditions (e.g. ``text`` for a caption before an image).
+        format: ``documents`` (samples of the tokenizer's modality) or ``chat``: conversations (a ``.jsonl`` path of
+            ``{"messages": […]}`` lines, or a built-in chat dataset) rendered with a chat template, the loss on the
+            assistant replies only (see ``armm.training.chat_data``).
+        chat_template: For ``format: chat``, a built-in template name or a template file; by default the pretrained
+            model's own template, else ChatML.
     """
 
     def __init__(
         self,
-        tokenizer: str = "bytes",
+        tokenizer: str | None = None,
         tokenizer_options: dict[str, Any] | None = None,
         tokenizer_dir: Path | None = None,
+        pretrained: Path | None = None,
         dataset: str | None = None,
         path: str | None = None,
         layout: Layout = "packed",
@@ -149,6 +181,8 @@ class TokenDataModule(L.LightningDataModule):
         seed: int = 0,
         condition_dropout: float = 0.0,
         condition: str | None = None,
+        format: DataFormat = "documents",
+        chat_template: str | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= condition_dropout < 1:
@@ -160,10 +194,19 @@ class TokenDataModule(L.LightningDataModule):
             raise ValueError("give exactly one of data.dataset (a built-in dataset, see `armm plugins`) or data.path")
         if layout not in ("packed", "samples"):
             raise ValueError(f"data.layout must be 'packed' or 'samples', got {layout!r}")
+        if format not in ("documents", "chat"):
+            raise ValueError(f"data.format must be 'documents' or 'chat', got {format!r}")
+        if format == "chat" and layout != "packed":
+            raise ValueError("data.format: chat packs conversations into one token stream; set data.layout: packed")
+        if chat_template is not None and format != "chat":
+            raise ValueError("data.chat_template renders conversations; set data.format: chat to train on them")
         if seq_len < 1 or batch_size < 1:
             raise ValueError(f"data.seq_len and data.batch_size must be >= 1, got {seq_len} and {batch_size}")
         if not 0 < val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if pretrained is not None:
+            tokenizer = _pretrained_tokenizer_name(pretrained, tokenizer, tokenizer_dir)
+        tokenizer = tokenizer or "bytes"
         plugins = get_plugins()
         self.tokenizer_class = plugins.tokenizers.get(tokenizer)
         self.tokenizer_options = dict(tokenizer_options or {})
@@ -172,19 +215,26 @@ class TokenDataModule(L.LightningDataModule):
         elif not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
             raise FileNotFoundError(f"data.path {path} does not exist (give a file, a folder or a glob)")
         self.tokenizer_name, self.tokenizer_dir, self.dataset, self.path = tokenizer, tokenizer_dir, dataset, path
+        self.pretrained = pretrained
         self.layout, self.seq_len, self.batch_size = layout, seq_len, batch_size
         self.val_fraction, self.cache_dir, self.num_workers, self.seed = val_fraction, Path(cache_dir), num_workers, seed
         self.condition_dropout, self.condition = condition_dropout, condition
+        self.format = format
+        self.template = chat_template_for(chat_template, pretrained) if format == "chat" else None
         self.tokenizer: Tokenizer | None = None
         self.meta: dict[str, Any] = {}
+        self.scored: dict[str, np.ndarray | None] = {"train": None, "val": None}  # chat: the flags of scored tokens
 
     # --- preparing the cache -------------------------------------------------------------------------
     @property
     def cache_path(self) -> Path:
         """``cache_dir/<key>``: the key covers the tokenizer, its options, the data and the split."""
         source = self.dataset if self.dataset is not None else _describe_files(self.path)
+        chat = [self.template.name, self.template.source, self.template.variables] if self.template else []
+        pretrained = [_describe_files(str(self.pretrained))] if self.pretrained is not None else []  # its tokenizer
         key = json.dumps([CACHE_FORMAT, self.tokenizer_name, self.tokenizer_options, str(self.tokenizer_dir), source, self.layout,
-                          self.seq_len if self.layout == "samples" else None, self.val_fraction, self.seed],
+                          self.seq_len if self.layout == "samples" else None, self.val_fraction, self.seed, *chat,
+                          *pretrained],
                          sort_keys=True, default=str)
         return self.cache_dir / f"{self.tokenizer_name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -197,13 +247,16 @@ class TokenDataModule(L.LightningDataModule):
         samples = self._read_samples(tokenizer)
         train, val = self._split(samples)
         if tokenizer.needs_fit:
-            tokenizer.fit(train)
+            tokenizer.fit(rendered_texts(train, self.template) if self.template else train)
         tmp = cache.with_name(cache.name + ".tmp")
         (tmp / "tokenizer").mkdir(parents=True, exist_ok=True)
         tokenizer.save(tmp / "tokenizer")
         dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
         meta: dict[str, Any] = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.__name__}
         for split, docs in (("train", train), ("val", val)):
+            if self.template is not None:
+                meta[split] = self._save_chat(tmp, split, docs, tokenizer, dtype)
+                continue
             encoded = [tokenizer.encode_document(doc) for doc in docs]
             array = self._layout_tokens(encoded, tokenizer)
             np.save(tmp / f"{split}.npy", array.astype(dtype))
@@ -232,11 +285,14 @@ class TokenDataModule(L.LightningDataModule):
             self.tokenizer.span(self.condition)  # an unknown part fails now, naming the parts
         self.train_tokens = np.load(cache / "train.npy", mmap_mode="r")
         self.val_tokens = np.load(cache / "val.npy", mmap_mode="r")
+        self.scored = {split: np.load(cache / f"{split}_scored.npy", mmap_mode="r") if self.template else None
+                       for split in ("train", "val")}
         for split, array in (("train", self.train_tokens), ("val", self.val_tokens)):
-            if len(self._dataset(array, stride=self.seq_len)) == 0:
+            if len(self._dataset(array, stride=self.seq_len, split=split)) == 0:
+                scored = " with a scored (assistant) token" if self.template else ""
                 raise ValueError(
-                    f"the {split} split has {array.size} tokens, too few for one window of data.seq_len={self.seq_len} "
-                    f"+ 1; add data, lower data.seq_len or change data.val_fraction"
+                    f"the {split} split has {array.size} tokens, too few for one window{scored} of "
+                    f"data.seq_len={self.seq_len} + 1; add data, lower data.seq_len or change data.val_fraction"
                 )
 
     @property
@@ -246,7 +302,7 @@ class TokenDataModule(L.LightningDataModule):
 
     # --- loaders ---------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        dataset = self._dataset(self.train_tokens, stride=1 if self.layout == "packed" else self.seq_len)
+        dataset = self._dataset(self.train_tokens, stride=1 if self.layout == "packed" else self.seq_len, split="train")
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         consumed = trainer.global_step * trainer.accumulate_grad_batches * self.batch_size if trainer is not None else 0
@@ -258,11 +314,13 @@ class TokenDataModule(L.LightningDataModule):
                           drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = self._dataset(self.val_tokens, stride=self.seq_len)  # disjoint windows cover the split once
+        dataset = self._dataset(self.val_tokens, stride=self.seq_len, split="val")  # disjoint windows cover the split once
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     # --- helpers ---------------------------------------------------------------------------------------
     def _make_tokenizer(self) -> Tokenizer:
+        if self.pretrained is not None:
+            return load_pretrained_tokenizer(self.pretrained)
         if self.tokenizer_dir is not None:
             return self.tokenizer_class.load(self.tokenizer_dir)
         return build_tokenizer(self.tokenizer_class, self.tokenizer_options)
@@ -270,10 +328,14 @@ class TokenDataModule(L.LightningDataModule):
     def _read_samples(self, tokenizer: Tokenizer) -> list[Any]:
         if self.dataset is not None:
             samples = get_plugins().datasets.get(self.dataset)(tokenizer)
+            if self.template is not None:
+                samples = conversations_of(samples, f"dataset {self.dataset}")
         else:
-            samples = tokenizer.read(self.path)
+            samples = read_conversations(self.path) if self.template is not None else tokenizer.read(self.path)
         if not samples:
             raise ValueError(f"the dataset {self.dataset or self.path} is empty: it holds no samples")
+        if self.template is None and isinstance(samples[0], dict) and "messages" in samples[0]:
+            raise ValueError(f"the dataset {self.dataset} holds conversations; set data.format: chat to train on them")
         return samples
 
     def _split(self, samples: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -304,10 +366,32 @@ class TokenDataModule(L.LightningDataModule):
             row[:len(doc)] = doc
         return rows
 
-    def _dataset(self, array: np.ndarray, stride: int) -> Dataset:
+    def _dataset(self, array: np.ndarray, stride: int, split: str) -> Dataset:
         if self.layout == "packed":
-            return PackedWindows(array, self.seq_len, stride)
+            return PackedWindows(array, self.seq_len, stride, self.scored[split])
         return PaddedSamples(array, self.tokenizer.pad_id)
+
+    def _save_chat(self, directory: Path, split: str, conversations: list[Messages], tokenizer: Tokenizer,
+                   dtype: type) -> dict[str, int]:
+        """Write a split of conversations: the token stream and its scored flags (``<split>_scored.npy``)."""
+        packed = pack_conversations(conversations, self.template, tokenizer)
+        np.save(directory / f"{split}.npy", packed.tokens.astype(dtype))
+        np.save(directory / f"{split}_scored.npy", packed.scored)
+        return {"documents": len(conversations), "tokens": len(packed.tokens),
+                "scored_tokens": int(packed.scored.sum()), "units": packed.units}
+
+
+def _pretrained_tokenizer_name(pretrained: Path, tokenizer: str | None, tokenizer_dir: Path | None) -> str:
+    """The name of the pretrained folder's tokenizer; an error when ``data.tokenizer`` or ``data.tokenizer_dir`` names
+    another one."""
+    if tokenizer_dir is not None:
+        raise ValueError(f"data.tokenizer_dir={tokenizer_dir} and data.pretrained={pretrained} both give the "
+                         f"tokenizer; drop data.tokenizer_dir (the pretrained model reads ids of its own tokenizer)")
+    name = load_pretrained_tokenizer(pretrained).name
+    if tokenizer not in (None, name):
+        raise ValueError(f"data.tokenizer is {tokenizer!r} but the pretrained model {pretrained} (model.init_from) "
+                         f"reads the ids of its tokenizer {name!r}; set data.tokenizer: {name}, or leave it unset")
+    return name
 
 
 def _describe_files(path: str | None) -> list[tuple[str, int, int]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -14,7 +16,9 @@ from torch import Tensor
 
 from armm.config import ModelConfig
 from armm.model import Transformer
+from armm.pretrained import load_pretrained
 from armm.training.data import IGNORE_INDEX
+from armm.training.lora import LoraOptions, add_adapters, merged
 
 DEFAULT_OPTIMIZER = {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "betas": (0.9, 0.95), "weight_decay": 0.1}}
 
@@ -23,9 +27,17 @@ class ARModule(L.LightningModule):
     """Trains a ``Transformer`` to predict each next token (teacher forcing; ignored targets are masked).
 
     Args:
-        preset: A ``ModelConfig`` preset name (see ``armm.PRESETS``).
-        overrides: ``ModelConfig`` fields that replace the preset's (e.g. ``{n_layer: 6, max_seq_len: 512}``).
-        vocab_size: Normally left unset: it is taken from the data module's tokenizer.
+        preset: A ``ModelConfig`` preset name (see ``armm.PRESETS``); not used with ``init_from``.
+        overrides: ``ModelConfig`` fields that replace the preset's (e.g. ``{n_layer: 6, max_seq_len: 512}``). With
+            ``init_from`` only ``dropout`` may differ from the pretrained config (other fields may repeat its values).
+        vocab_size: Normally left unset: it is taken from the data module's tokenizer (or ``init_from``'s config).
+        init_from: Fine-tune a pretrained model: an armm model directory (an export such as
+            ``runs/text/export/best``) or a Hugging Face GPT-2 / Llama / Mistral / Qwen2 folder. The network is built
+            from its config and starts from its weights; the data are tokenised with its tokenizer (``armm fit``
+            links this to ``data.pretrained``). A resumed run rebuilds the network from it, then loads the
+            checkpoint's weights, so the folder must still be there.
+        lora: Train LoRA adapters on the pretrained model of ``init_from`` instead of all its weights (see
+            ``armm.training.lora.LoraOptions``: ``rank``, ``alpha``, ``dropout``, ``targets``, ``export``).
         optimizer: ``{class_path, init_args}`` of the optimizer (AdamW by default); weight decay applies to
             matrices and embeddings only, never to biases and norms.
         warmup_steps: Linear warmup of the learning rate from 0.
@@ -44,6 +56,8 @@ class ARModule(L.LightningModule):
         preset: str = "gpt2-mini",
         overrides: dict[str, Any] | None = None,
         vocab_size: int | None = None,
+        init_from: Path | None = None,
+        lora: LoraOptions | None = None,
         optimizer: dict[str, Any] | None = None,
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
@@ -59,32 +73,65 @@ class ARModule(L.LightningModule):
             raise ValueError(f"model.scheduled_sampling must be in [0, 1], got {scheduled_sampling}")
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1], got {warmup_steps} and {min_lr_ratio}")
+        lora = LoraOptions(**lora) if isinstance(lora, dict) else lora  # a checkpoint's hyper-parameters hold a dict
+        if lora is not None and init_from is None:
+            raise ValueError("model.lora trains adapters on a pretrained model, but model.init_from is not set (the "
+                             "base would be random weights): set model.init_from to the model to adapt")
+        # save_hyperparameters reads these names: checkpoints hold plain data only, they load with weights_only=True
+        init_from, lora = (str(init_from) if init_from is not None else None), (asdict(lora) if lora else None)
         self.save_hyperparameters()
-        self.config = ModelConfig.from_name(preset, **(overrides or {}), **({"vocab_size": vocab_size} if vocab_size else {}))
-        self.net: Transformer | None = Transformer(self.config) if vocab_size else None
+        self.lora = LoraOptions(**lora) if lora else None
+        sizes = {"vocab_size": vocab_size} if vocab_size else {}
+        if init_from is not None:
+            self.net: Transformer | None = pretrained_network(Path(init_from), {**(overrides or {}), **sizes})
+            self.config = self.net.config
+        else:
+            self.config = ModelConfig.from_name(preset, **(overrides or {}), **sizes)
+            self.net = Transformer(self.config) if vocab_size else None
+        if self.lora is not None:
+            self.net = add_adapters(self.net, self.lora)
         self.units_per_token = 1.0
 
     # --- building the network once the tokenizer is known ------------------------------------------------
     def configure_model(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
+        datamodule = getattr(self._trainer, "datamodule", None)  # no trainer in load_from_checkpoint
         if datamodule is not None:
             datamodule.setup("fit")
             self.units_per_token = datamodule.units_per_token
-            check_fits(self.config, datamodule.seq_len)
-        if self.net is not None:
-            return
-        if datamodule is None:
-            raise ValueError("the model's vocab_size is unknown: pass vocab_size, or train with a TokenDataModule")
-        self.hparams["vocab_size"] = datamodule.tokenizer.vocab_size  # so checkpoints rebuild the same network
-        self.config = ModelConfig.from_dict({**self.config.to_dict(), "vocab_size": datamodule.tokenizer.vocab_size})
-        self.net = Transformer(self.config)
-        if self.hparams.compile:
+            check_fits(self.config, datamodule.seq_len, pretrained=self.hparams.init_from is not None)
+            self.check_tokenizer(datamodule)
+        if self.net is None:
+            if datamodule is None:
+                raise ValueError("the model's vocab_size is unknown: pass vocab_size, or train with a TokenDataModule")
+            self.hparams["vocab_size"] = datamodule.tokenizer.vocab_size  # so checkpoints rebuild the same network
+            self.config = ModelConfig.from_dict({**self.config.to_dict(), "vocab_size": self.hparams.vocab_size})
+            self.net = Transformer(self.config)
+        if self.hparams.compile and not hasattr(self.net, "_orig_mod"):
             self.net = torch.compile(self.net)
+
+    def check_tokenizer(self, datamodule: L.LightningDataModule) -> None:
+        """The data must be tokenised into ids the model knows: with ``init_from``, by its tokenizer."""
+        init_from, pretrained = self.hparams.init_from, getattr(datamodule, "pretrained", None)
+        tokenizer = datamodule.tokenizer
+        if init_from is not None and (pretrained is None or Path(pretrained).resolve() != Path(init_from).resolve()):
+            source = f"data.pretrained={pretrained}" if pretrained is not None else f"data.tokenizer {tokenizer.name!r}"
+            raise ValueError(f"model.init_from is {init_from} but the data are tokenised by {source}; the ids must be "
+                             f"those the pretrained model knows: set data.pretrained to {init_from} (armm fit links "
+                             f"model.init_from to it)")
+        if self.net is not None and tokenizer.vocab_size > self.config.vocab_size:
+            raise ValueError(f"the data's tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model's "
+                             f"vocab_size is {self.config.vocab_size}; train with the tokenizer the model was built "
+                             f"for, or leave model.vocab_size unset")
 
     @property
     def transformer(self) -> Transformer:
-        """The (uncompiled) core model, for export and generation."""
+        """The (uncompiled) core model being trained; with LoRA, its targeted layers are peft's LoRA layers."""
         return getattr(self.net, "_orig_mod", self.net)
+
+    def merged_transformer(self) -> Transformer:
+        """The core model as a plain ``Transformer``, for export and generation: with LoRA, a copy with the adapters
+        merged into the weights (the native decode step reads the weights alone)."""
+        return merged(self.transformer) if self.lora is not None else self.transformer
 
     # --- steps ---------------------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -175,9 +222,28 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def check_fits(config: ModelConfig, seq_len: int) -> None:
+def check_fits(config: ModelConfig, seq_len: int, pretrained: bool = False) -> None:
     if seq_len > config.max_seq_len:
-        raise ValueError(
-            f"data.seq_len={seq_len} is larger than the model's context (max_seq_len={config.max_seq_len}); "
-            f"lower data.seq_len or set model.overrides.max_seq_len >= {seq_len}"
-        )
+        fix = "lower data.seq_len" + ("" if pretrained else f" or set model.overrides.max_seq_len >= {seq_len}")
+        raise ValueError(f"data.seq_len={seq_len} is larger than the model's context "
+                         f"(max_seq_len={config.max_seq_len}); {fix}")
+
+
+def pretrained_network(path: Path, overrides: dict[str, Any]) -> Transformer:
+    """The network of ``model.init_from``, with its weights: built from its own config, which ``overrides`` may
+    repeat but only change in ``dropout`` (the one field that leaves the weights' shapes and meaning alone)."""
+    model, _ = load_pretrained(path)
+    config = model.config
+    conflicts = {key: value for key, value in overrides.items()
+                 if key != "dropout" and getattr(config, key, value) != value}
+    if conflicts:
+        theirs = {key: getattr(config, key) for key in conflicts}
+        raise ValueError(f"model.overrides {conflicts} conflict with the config of model.init_from {path} ({theirs}): "
+                         f"a fine-tuned network is the pretrained one; drop them (--model.overrides null; only "
+                         f"dropout may change)")
+    wanted = ModelConfig.from_dict({**config.to_dict(), **overrides})
+    if wanted == config:
+        return model.train()
+    network = Transformer(wanted)
+    network.load_state_dict(model.state_dict())
+    return network

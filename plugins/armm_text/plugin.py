@@ -2,7 +2,7 @@
 
 import armm
 from armm_text.bpe import BPETokenizer
-from armm_text.datasets import pydoc_topics
+from armm_text.datasets import pydoc_chat, pydoc_topics
 
 
 @armm.hookimpl
@@ -13,3 +13,4 @@ def armm_register_tokenizers(register) -> None:
 @armm.hookimpl
 def armm_register_datasets(register) -> None:
     register("pydoc-topics", pydoc_topics)
+    register("pydoc-chat", pydoc_chat)
