@@ -405,11 +405,18 @@ def import_hf(source: str | Path, output: str | Path) -> Path:
     source, output = Path(source), Path(output)
     model, tokenizer = load_hf(source)
     save_model(output, model, tokenizer)
-    if tokenizer is not None and (source / TOKENIZER_CONFIG_FILE).is_file():
-        shutil.copyfile(source / TOKENIZER_CONFIG_FILE, output / TOKENIZER_DIR / TOKENIZER_CONFIG_FILE)
-    if (source / CHAT_TEMPLATE_FILE).is_file():
-        shutil.copyfile(source / CHAT_TEMPLATE_FILE, output / CHAT_TEMPLATE_FILE)
+    copy_chat_files(source, output)
     return output
+
+
+def copy_chat_files(source: Path, output: Path, settings: str = TOKENIZER_CONFIG_FILE) -> None:
+    """Copy the chat template and the tokenizer settings (at ``settings`` in ``source``: a Hugging Face folder keeps
+    them at its root, an armm model directory in ``tokenizer/``) to where armm model directory ``output`` keeps them;
+    the settings only when ``output`` has a tokenizer."""
+    kept = Path(TOKENIZER_DIR) / TOKENIZER_CONFIG_FILE
+    for name, target in ((settings, kept), (CHAT_TEMPLATE_FILE, Path(CHAT_TEMPLATE_FILE))):
+        if (source / name).is_file() and (output / target).parent.is_dir():
+            shutil.copyfile(source / name, output / target)
 
 
 def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:

@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from armm.checkpoint import TOKENIZER_DIR, save_model
 from armm.generation import generate
-from armm.hf import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE
+from armm.hf import TOKENIZER_CONFIG_FILE, copy_chat_files
 from armm.layout import sampler_for
 from armm.pretrained import pretrained_kind
 from armm.training.lora import save_adapters
@@ -64,7 +64,8 @@ class ExportModel(L.Callback):
         else:
             save_model(staging, module.merged_transformer(), trainer.datamodule.tokenizer)
             if init_from is not None:
-                copy_chat_files(Path(init_from), staging)
+                settings = TOKENIZER_CONFIG_FILE if pretrained_kind(init_from) == "hf" else f"{TOKENIZER_DIR}/{TOKENIZER_CONFIG_FILE}"
+                copy_chat_files(Path(init_from), staging, settings)
         if recipe.is_file():
             shutil.copyfile(recipe, staging / "recipe.yaml")
         old = target.with_name(f".{name}-old")
@@ -74,16 +75,6 @@ class ExportModel(L.Callback):
         staging.replace(target)
         shutil.rmtree(old, ignore_errors=True)
         return target
-
-
-def copy_chat_files(pretrained: Path, target: Path) -> None:
-    """Copy the chat template and the tokenizer settings of a pretrained folder (armm or Hugging Face) to the places
-    an armm model directory keeps them (as ``armm convert`` does on import), so ``armm chat`` uses the same template."""
-    kept = f"{TOKENIZER_DIR}/{TOKENIZER_CONFIG_FILE}"  # where an armm model directory keeps the tokenizer settings
-    settings = TOKENIZER_CONFIG_FILE if pretrained_kind(pretrained) == "hf" else kept
-    for source, name in ((settings, kept), (CHAT_TEMPLATE_FILE, CHAT_TEMPLATE_FILE)):
-        if (pretrained / source).is_file():
-            shutil.copyfile(pretrained / source, target / name)
 
 
 class WriteSamples(L.Callback):
