@@ -73,14 +73,14 @@ class ARModule(L.LightningModule):
             raise ValueError(f"model.scheduled_sampling must be in [0, 1], got {scheduled_sampling}")
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
             raise ValueError(f"model.warmup_steps must be >= 0 and model.min_lr_ratio in [0, 1], got {warmup_steps} and {min_lr_ratio}")
-        lora = LoraOptions(**lora) if isinstance(lora, dict) else lora  # a checkpoint's hyper-parameters hold a dict
-        if lora is not None and init_from is None:
+        options = LoraOptions(**lora) if isinstance(lora, dict) else lora  # a checkpoint's hyper-parameters: a dict
+        if options is not None and init_from is None:
             raise ValueError("model.lora trains adapters on a pretrained model, but model.init_from is not set (the "
                              "base would be random weights): set model.init_from to the model to adapt")
         # save_hyperparameters reads these names: checkpoints hold plain data only, they load with weights_only=True
-        init_from, lora = (str(init_from) if init_from is not None else None), (asdict(lora) if lora else None)
+        init_from, lora = (str(init_from) if init_from is not None else None), (asdict(options) if options else None)
         self.save_hyperparameters()
-        self.lora = LoraOptions(**lora) if lora else None
+        self.lora = options
         sizes = {"vocab_size": vocab_size} if vocab_size else {}
         if init_from is not None:
             self.net: Transformer | None = pretrained_network(Path(init_from), {**(overrides or {}), **sizes})

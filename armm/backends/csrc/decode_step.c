@@ -287,9 +287,8 @@ static inline float softmax_numerators(float *restrict s, int first, int last) {
 /* softmax_numerators with the slots hole .. hole_end (none when hole > hole_end) left out: their numerators are 0 */
 static inline float softmax_numerators_around(float *restrict s, int first, int last, int hole, int hole_end) {
     if (hole > hole_end) return softmax_numerators(s, first, last);
-    float total = 0.f;
     for (int u = hole; u <= hole_end; u++) s[u] = -INFINITY;  /* below every real score: never the max */
-    total = softmax_numerators(s, first, last);
+    float total = softmax_numerators(s, first, last);
     for (int u = hole; u <= hole_end; u++) {
         total -= s[u];  /* exp_nonpositive's floor, about 1e-38 */
         s[u] = 0.f;
