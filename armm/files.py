@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import glob
+import gzip
+import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 
 def find_files(source: str | Path, suffixes: Iterable[str], *, what: str = "files") -> list[Path]:
-    """A single file, a folder (searched recursively) or a glob pattern → sorted files with one of ``suffixes``.
+    """A single file, a folder (searched recursively) or a glob pattern → sorted files whose name ends with one of
+    ``suffixes`` (any case; ``.txt.gz`` is a suffix too).
 
     Raises FileNotFoundError naming ``source`` and the suffixes when nothing matches, so an empty or
     mistyped data path fails before any work starts.
@@ -26,19 +29,36 @@ def find_files(source: str | Path, suffixes: Iterable[str], *, what: str = "file
         found = [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
     else:
         raise FileNotFoundError(f"{source} does not exist (expected a file, a folder or a glob of {what})")
-    found = sorted(p for p in found if p.suffix.lower() in suffixes)
+    found = sorted(p for p in found if p.name.lower().endswith(suffixes))
     if not found:
         raise FileNotFoundError(f"no {what} ({', '.join(suffixes)}) found in {source}")
     return found
 
 
+def with_gzip(suffixes: Iterable[str]) -> tuple[str, ...]:
+    """``suffixes`` and their gzip-compressed versions: ``(".txt",)`` → ``(".txt", ".txt.gz")``."""
+    suffixes = tuple(suffixes)
+    return suffixes + tuple(s + ".gz" for s in suffixes if not s.lower().endswith(".gz"))
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """A UTF-8 text file opened for reading, decompressed on the fly when its name ends with ``.gz``; line endings
+    are kept as they are (CRLF stays CRLF)."""
+    if str(path).lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
 def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's contents, or a ValueError naming the file when it is binary or not UTF-8."""
+    """A UTF-8 text file's contents (gunzipped when it ends with ``.gz``), or a ValueError naming the file when it is
+    binary, not UTF-8 or a broken gzip file."""
     try:
-        with open(path, encoding="utf-8", newline="") as handle:  # newline="": CRLF stays CRLF, byte for byte
+        with open_text(path) as handle:
             return handle.read()
     except UnicodeDecodeError as err:
         raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); is it a binary file?") from None
+    except (gzip.BadGzipFile, EOFError) as err:
+        raise ValueError(f"{path} is not a complete gzip file ({err})") from None
 
 
 def numbered_paths(path: str | Path, count: int, suffix: str) -> list[Path]:
@@ -62,3 +82,10 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object ({what})")
     return data
+
+
+def read_text_pieces(path: str | Path, piece_chars: int = 1 << 20) -> Iterator[str]:
+    """A UTF-8 text file (gunzipped when it ends with ``.gz``) as pieces of about ``piece_chars`` characters,
+    each cut just before a character that is not whitespace and follows a line break: GPT-2-style byte-level
+    pre-tokenizers split there anyway, so encoding the pieces one by one gives the ids of the whole text."""
+    raise NotImplementedError

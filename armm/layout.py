@@ -75,6 +75,7 @@ class VocabLayout(Tokenizer):
     name = "mixed"
     modality = "mixed"
     file_suffix = ".jsonl"
+    read_suffixes = (".jsonl",)
 
     def __init__(self, parts: Mapping[str, Tokenizer | Mapping[str, Any]], prompt_part: str | None = None) -> None:
         if not isinstance(parts, Mapping) or not parts:

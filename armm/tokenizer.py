@@ -5,13 +5,27 @@ from __future__ import annotations
 import inspect
 import json
 import operator
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from armm.files import find_files, numbered_paths, read_text
+import numpy as np
+
+from armm.files import find_files, numbered_paths, read_text, with_gzip
 from armm.hookspecs import hookimpl
+
+
+@dataclass(frozen=True)
+class LongDocument:
+    """One document too big to hold at once, as the pieces it is read in: ``read_file`` may yield one for a huge
+    file. Data preparation encodes the pieces with ``encode_batch`` and puts one bos before them and one eos after,
+    so a plugin must cut where encoding the pieces apart gives the ids of the whole (``armm.files.read_text_pieces``
+    cuts text where byte-level BPE's pre-tokenizer splits anyway)."""
+
+    pieces: Iterable[Any]
 
 
 class Tokenizer(ABC):
@@ -29,6 +43,9 @@ class Tokenizer(ABC):
     modality: ClassVar[str]
     unit: ClassVar[str] = "token"
     file_suffix: ClassVar[str] = ".txt"
+    read_suffixes: tuple[str, ...] = ()
+    """The file names ``read`` takes in a folder or glob (``".txt"``, ``".txt.gz"``); empty when the plugin does not
+    say, and then training preparation hands the whole source to ``read`` at once instead of streaming its files."""
 
     @property
     @abstractmethod
@@ -82,6 +99,12 @@ class Tokenizer(ABC):
     def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
         """Samples → file(s) in the modality's own format at ``path``; returns the paths written."""
 
+    def read_file(self, path: Path) -> Iterable[Any]:
+        """The samples of one file of ``read_suffixes``, for training preparation, which streams files one by one;
+        ``read(path)`` by default. A plugin may yield samples lazily, and a ``LongDocument`` for a file too big to
+        hold."""
+        return self.read(path)
+
     def num_units(self, sample: Any) -> int:
         """How many ``unit``s a sample holds (bytes, residues, pixel values, audio samples)."""
         return len(self.encode(sample))
@@ -112,6 +135,20 @@ class Tokenizer(ABC):
         bos = [self.bos_id] if self.bos_id is not None else []
         eos = [self.eos_id] if self.eos_id is not None else []
         return bos + self.encode(sample) + eos
+
+    def encode_batch(self, samples: Sequence[Any]) -> list[list[int]]:
+        """``encode`` of many samples (no bos/eos); plugins whose backend encodes batches faster override it."""
+        return [self.encode(sample) for sample in samples]
+
+    def encode_documents(self, samples: Sequence[Any]) -> list[list[int]]:
+        """``encode_document`` of many samples, in order: what training preparation calls, a batch at a time."""
+        return [self.encode_document(sample) for sample in samples]
+
+    def augment(self, ids: np.ndarray, rng: random.Random) -> np.ndarray:
+        """A random transform of one training sample's ids (a window of a packed stream, or one row of a samples
+        layout with its padding), drawn from ``rng``: music transposed, audio louder or softer, an image shifted.
+        Applied to the training split only; the identity by default. Return an array of the same length."""
+        return ids
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """The ids a generation starts from, after bos: a text prompt's ids by default, none for ``""``.
@@ -159,6 +196,7 @@ class ByteTokenizer(Tokenizer):
     name = "bytes"
     modality = "text"
     unit = "byte"
+    read_suffixes = with_gzip((".txt", ".md"))
 
     @property
     def vocab_size(self) -> int:
@@ -182,7 +220,7 @@ class ByteTokenizer(Tokenizer):
         return bytes([token]) if token < 256 else b""
 
     def read(self, source: str | Path) -> list[str]:
-        return [read_text(path) for path in find_files(source, (".txt", ".md"), what="text files")]
+        return [read_text(path) for path in find_files(source, self.read_suffixes, what="text files")]
 
     def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
         paths = numbered_paths(path, len(samples), self.file_suffix)

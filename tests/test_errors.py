@@ -237,7 +237,7 @@ CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
     "checkpoint-weights-only-false": (fit("--weights_only", "false"), "--weights_only false would let a checkpoint"),
     "data-missing": (lambda w, tmp: ["score", w.text, "--file", tmp / "nowhere.txt"],
                      "does not exist (expected a file, a folder or a glob of text files)"),
-    "data-empty": (lambda w, tmp: ["score", w.text, "--file", w.root / "empty"], "no text files (.txt, .md) found in"),
+    "data-empty": (lambda w, tmp: ["score", w.text, "--file", w.root / "empty"], "no text files (.txt, .md, .txt.gz, .md.gz) found in"),
     "data-not-text": (lambda w, tmp: ["score", w.text, "--file", w.root / "binary.txt"],
                       "is not UTF-8 text (byte 0); is it a binary file?"),
     "data-not-audio": (lambda w, tmp: ["score", w.audio, "--file", w.root / "fake.wav"],

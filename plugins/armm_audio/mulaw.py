@@ -36,6 +36,7 @@ class MuLawTokenizer(Tokenizer):
     modality = "audio"
     unit = "sample"
     file_suffix = ".wav"
+    read_suffixes = READ_SUFFIXES
 
     def __init__(self, sample_rate: int = 16000, bits: int = 8, clip_seconds: float | None = None) -> None:
         if not isinstance(sample_rate, int) or sample_rate <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from armm.files import with_gzip
 from armm_code.fim import FIMTransform, check_rates
 from armm_text import BPETokenizer
 from tokenizers import Regex, pre_tokenizers
@@ -25,7 +26,7 @@ class CodeTokenizer(BPETokenizer):
     name = "code-bpe"
     modality = "code"
     file_suffix = ".py"
-    read_suffixes = (".py",)
+    read_suffixes = with_gzip((".py",))
 
     def __init__(
         self,
@@ -45,14 +46,15 @@ class CodeTokenizer(BPETokenizer):
         if isinstance(suffixes, str) or not suffixes or not all(s.startswith(".") and len(s) > 1 for s in suffixes):
             raise ValueError(f"suffixes must be a non-empty list like ['.py', '.pyi'], got {suffixes!r}")
         check_rates(fim_rate, fim_spm_rate, prefix="fim_")
-        self.read_suffixes = tuple(suffixes)
-        self.file_suffix = self.read_suffixes[0]
+        self.read_suffixes = with_gzip(suffixes)
+        self.file_suffix = suffixes[0]
         self.fim_rate, self.fim_spm_rate, self.fim_seed = fim_rate, fim_spm_rate, fim_seed
         self._fim: FIMTransform | None = None  # made at the first FIM document, once the vocabulary exists
 
     def options(self) -> dict[str, Any]:
         fim = {"fim_rate": self.fim_rate, "fim_spm_rate": self.fim_spm_rate, "fim_seed": self.fim_seed}
-        return {**super().options(), "suffixes": list(self.read_suffixes), **fim}
+        suffixes = [s for s in self.read_suffixes if not s.endswith(".gz")]
+        return {**super().options(), "suffixes": suffixes, **fim}
 
     def encode_document(self, sample: str) -> list[int]:
         """bos, then the document left to right, or with probability ``fim_rate`` as a FIM sequence (PSM or SPM,

@@ -33,6 +33,7 @@ class ImageTokenizer(Tokenizer):
 
     modality = "image"
     file_suffix = ".png"
+    read_suffixes = IMAGE_SUFFIXES
 
     def __init__(self, size: int | Sequence[int], channels: int) -> None:
         if channels not in (1, 3):

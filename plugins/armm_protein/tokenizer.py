@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from armm.files import find_files, numbered_paths, read_json_object
+from armm.files import find_files, numbered_paths, read_json_object, with_gzip
 from armm.tokenizer import Tokenizer
 from armm_protein.fasta import FastaRecord, format_fasta, read_fasta
 
@@ -15,7 +15,7 @@ RARE = "BZXUO"  # B = D or N, Z = E or Q, X = any, U = selenocysteine, O = pyrro
 ALPHABET = STANDARD + RARE
 THREE_LETTER = ("Ala Cys Asp Glu Phe Gly His Ile Lys Leu Met Asn Pro Gln Arg Ser Thr Val Trp Tyr "
                 "Asx Glx Xaa Sec Pyl").split()  # in ALPHABET order
-FASTA_SUFFIXES = (".fasta", ".fa", ".faa")
+FASTA_SUFFIXES = with_gzip((".fasta", ".fa", ".faa"))
 SAVE_FILE = "protein.json"
 
 
@@ -28,6 +28,7 @@ class ProteinTokenizer(Tokenizer):
     name = "protein"
     modality = "protein"
     unit = "residue"
+    read_suffixes = FASTA_SUFFIXES
     file_suffix = ".fasta"
 
     _ids = {letter: i for i, letter in enumerate(ALPHABET)} | {letter.lower(): i for i, letter in enumerate(ALPHABET)}

@@ -12,7 +12,7 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
 
-from armm.files import find_files, numbered_paths, read_json_object, read_text
+from armm.files import find_files, numbered_paths, read_json_object, read_text, with_gzip
 from armm.tokenizer import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -56,7 +56,7 @@ class BPETokenizer(Tokenizer):
     modality = "text"
     unit = "byte"
     file_suffix = ".txt"
-    read_suffixes: tuple[str, ...] = (".txt", ".md")
+    read_suffixes: tuple[str, ...] = with_gzip((".txt", ".md"))
 
     def __init__(
         self,

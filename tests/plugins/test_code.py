@@ -88,7 +88,7 @@ def test_fim_tokens_are_special_and_suffixes_persist(tmp_path):
     assert set(tokenizer.special_tokens) == {"bos", "eos", "pad", "fim_prefix", "fim_middle", "fim_suffix"}
     tokenizer.save(tmp_path)
     loaded = CodeTokenizer.load(tmp_path)
-    assert (loaded.read_suffixes, loaded.file_suffix) == ((".c", ".h"), ".c")
+    assert (loaded.read_suffixes, loaded.file_suffix) == ((".c", ".h", ".c.gz", ".h.gz"), ".c")
     assert loaded.special_tokens == tokenizer.special_tokens
 
 
@@ -208,7 +208,7 @@ def test_read_takes_matching_source_files_one_per_sample(fitted, tmp_path):
 
 def test_read_names_a_folder_without_matching_files(fitted, tmp_path):
     (tmp_path / "readme.md").write_text("# nothing to see\n")
-    with pytest.raises(FileNotFoundError, match=f"no code files \\(.py\\) found in {tmp_path}"):
+    with pytest.raises(FileNotFoundError, match=f"no code files \\(.py, .py.gz\\) found in {tmp_path}"):
         fitted.read(tmp_path)
 
 
