@@ -26,6 +26,7 @@ from armm.layout import VocabLayout, sampler_for
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.scoring import score as score_ids
+from armm.scoring import Layout, score_documents
 from armm.serving.cli import serve
 from armm.textstream import stream_text
 from armm.tokenizer import Tokenizer
@@ -151,7 +152,8 @@ def sample(
         console.print(text, markup=False, highlight=False)
 
 
-def score(model_dir: Path, text: str | None = None, file: Path | None = None, backend: Backend = "auto") -> None:
+def score(model_dir: Path, text: str | None = None, file: Path | None = None, layout: Layout | None = None,
+          backend: Backend = "auto") -> None:
     """Score data under a saved model: log-likelihood, perplexity, bits per token and bits per unit
     of the modality (byte, residue, pixel value, audio sample…).
 
@@ -159,6 +161,9 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None, ba
         model_dir: A model directory.
         text: A text to score (for text-like modalities).
         file: Or a file, folder or glob, read by the model's tokenizer plugin; every sample is scored.
+        layout: Unset: each sample on its own, after bos (no eos). `packed` or `samples`: the samples as training
+            documents (bos … eos) laid out as validation lays out its split with that data.layout (`packed`: one
+            stream in windows of the model's context), so bits per unit count what `val/bpu` counts.
         backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`).
     """
     if (text is None) == (file is None):
@@ -167,7 +172,10 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None, ba
     if text is not None and not tok.decodes_text:
         raise ValueError(f"--text scores text, but {tok.modality} samples are files: pass --file PATH")
     samples = [text] if text is not None else tok.read(file)
-    results = [score_ids(model, _sample_ids(tok, s), backend=backend) for s in samples]
+    if layout is None:
+        results = [score_ids(model, _sample_ids(tok, s), backend=backend) for s in samples]
+    else:
+        results = score_documents(model, [tok.encode_document(s) for s in samples], layout, backend=backend)
     log_likelihood = sum(r.log_likelihood for r in results)
     tokens = sum(r.num_tokens for r in results)
     units = sum(tok.num_units(s) for s in samples)
@@ -217,7 +225,7 @@ def _normalise_args(argv: list[str]) -> list[str]:
 COMMANDS = [plugins, init, sample, score, chat, serve, convert]
 
 
-TRAINING_COMMANDS = ("fit", "validate")
+TRAINING_COMMANDS = ("fit", "validate", "test")
 USER_ERRORS = (ValueError, OSError, FloatingPointError, argparse.ArgumentError)  # one line; PluginError is a ValueError
 
 
@@ -228,6 +236,10 @@ def main(argv: list[str] | None = None) -> None:
             from armm.training.cli import run_training_cli  # Lightning loads only for training
 
             run_training_cli(args)
+        elif args and args[0] == "baselines":
+            from armm.training.baselines import run_baselines
+
+            run_baselines(args[1:])
         else:
             CLI({**{c.__name__: c for c in COMMANDS}, "inspect": INSPECT_COMMANDS}, args=args, as_positional=True,
                 exit_on_error=False)  # parsing errors reach the one-line report below

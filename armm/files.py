@@ -24,7 +24,7 @@ def find_files(source: str | Path, suffixes: Iterable[str], *, what: str = "file
     if path.is_file():
         return [path]
     if path.is_dir():
-        found = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes]
+        found = [p for p in path.rglob("*") if p.is_file()]  # the suffixes (".txt.gz" too) are matched below
     elif any(ch in text for ch in "*?["):
         found = [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
     else:
@@ -85,7 +85,41 @@ def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
 
 
 def read_text_pieces(path: str | Path, piece_chars: int = 1 << 20) -> Iterator[str]:
-    """A UTF-8 text file (gunzipped when it ends with ``.gz``) as pieces of about ``piece_chars`` characters,
-    each cut just before a character that is not whitespace and follows a line break: GPT-2-style byte-level
-    pre-tokenizers split there anyway, so encoding the pieces one by one gives the ids of the whole text."""
-    raise NotImplementedError
+    """A UTF-8 text file (gunzipped when it ends with ``.gz``) as pieces of about ``piece_chars`` characters that
+    join back into the text.
+
+    Each piece ends just before a space that follows a non-whitespace character and precedes one (``"a| b"``).
+    GPT-2's byte-level pre-tokenizer, and code-bpe's, start a pre-token at such a space and end one before it, so
+    encoding the pieces one by one gives the ids of the whole text. (A cut at a line break would not be safe: both
+    split a run of line breaks differently at the end of a text.) Where no such space comes within
+    ``4 * piece_chars`` characters (text without spaces: CJK, minified data), the piece is cut at ``piece_chars``
+    anyway, and the ids around that cut may differ from the whole text's."""
+    try:
+        with open_text(path) as handle:
+            carry = ""
+            while chunk := handle.read(piece_chars):
+                text = carry + chunk
+                cut = _last_safe_cut(text)
+                if cut < 0 and len(text) >= 4 * piece_chars:
+                    cut = piece_chars
+                if cut <= 0:
+                    carry = text
+                    continue
+                yield text[:cut]
+                carry = text[cut:]
+            if carry:
+                yield carry
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start} of a piece); is it a binary file?") from None
+    except (gzip.BadGzipFile, EOFError) as err:
+        raise ValueError(f"{path} is not a complete gzip file ({err})") from None
+
+
+def _last_safe_cut(text: str) -> int:
+    """The last index ``i`` with ``text[i] == " "`` between two non-whitespace characters, or -1."""
+    end = len(text) - 1
+    while (i := text.rfind(" ", 1, end)) > 0:
+        if not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i
+        end = i
+    return -1

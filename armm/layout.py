@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from armm.files import find_files
+from armm.files import with_gzip
 from armm.generation import Guidance
 from armm.hookspecs import hookimpl
 from armm.plugins import get_plugins
@@ -75,7 +75,7 @@ class VocabLayout(Tokenizer):
     name = "mixed"
     modality = "mixed"
     file_suffix = ".jsonl"
-    read_suffixes = (".jsonl",)
+    read_suffixes = with_gzip((".jsonl", ".csv"))  # manifests (armm.datasource)
 
     def __init__(self, parts: Mapping[str, Tokenizer | Mapping[str, Any]], prompt_part: str | None = None) -> None:
         if not isinstance(parts, Mapping) or not parts:
@@ -254,32 +254,31 @@ class VocabLayout(Tokenizer):
         return cls(parts, layout.get("prompt_part"))
 
     def read(self, source: str | Path) -> list[list[Part]]:
-        """JSON Lines, one sample per line: a list of one-key objects ``{"text": "a seven"}`` (an inline sample)
-        or ``{"image": {"file": "seven.png"}}`` (a file read by that part's plugin, relative to the .jsonl)."""
-        samples = []
-        for path in find_files(source, (".jsonl",), what="mixed-modality JSON Lines files"):
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    samples.append(self._read_line(line, path, number))
+        """The samples of manifests or a labelled folder, as training reads them (``armm.datasource``): JSON Lines
+        of this layout's own format, one sample per line, a list of one-key objects ``[{"text": "a seven"},
+        {"image": {"file": "7.png"}}]`` (see ``parts_of``); manifest rows of columns (``{"file": "7.png", "caption":
+        "a seven"}``, ``.jsonl`` or ``.csv``); or, with a ``classes`` part, one subfolder of files per class."""
+        from armm.datasource import read_source  # armm.datasource builds on this module
+
+        samples = read_source(self, source)
         if not samples:
             raise ValueError(f"{source} holds no samples (expected one JSON list of parts per line)")
         return samples
 
-    def _read_line(self, line: str, path: Path, number: int) -> list[Part]:
-        where = f"{path}:{number}"
-        try:
-            items = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{where} is not valid JSON ({err})") from None
-        if not isinstance(items, list) or not all(isinstance(i, dict) and len(i) == 1 for i in items):
+    def parts_of(self, items: list[Any], base: Path, where: str) -> list[Part]:
+        """A sample in the layout's own format: a list of one-key objects, each a part's inline sample or
+        ``{"file": PATH}``, a file relative to ``base`` that the part's plugin reads (one sample). ``where`` names the
+        line in errors."""
+        if not all(isinstance(i, dict) and len(i) == 1 for i in items):
             raise ValueError(f'{where}: a sample is a list of one-key objects, e.g. [{{"text": "a seven"}}, '
                              f'{{"image": {{"file": "7.png"}}}}]')
         parts = []
         for item in items:
             (name, value), = item.items()
-            span = self.span(name)
+            if name not in self.parts:  # (before fitting, the parts have no spans yet)
+                raise ValueError(f"{where}: the layout has no part {name!r}; its parts are: {', '.join(self.parts)}")
             if isinstance(value, dict) and set(value) == {"file"}:
-                read = span.tokenizer.read(path.parent / value["file"])
+                read = self.parts[name].read(base / value["file"])
                 if len(read) != 1:
                     raise ValueError(f"{where}: {value['file']} holds {len(read)} samples; a part is one sample")
                 value = read[0]

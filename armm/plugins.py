@@ -14,7 +14,7 @@ from armm.registry import Registry
 
 ENTRY_POINT_GROUP = "armm.plugins"
 DISABLE_AUTOLOAD_ENV = "ARMM_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGINS = ("armm.sampling", "armm.tokenizer", "armm.layout")
+BUILTIN_PLUGINS = ("armm.sampling", "armm.tokenizer", "armm.classes", "armm.layout")
 BUILTIN_PROVIDER = "armm (built-in)"
 
 

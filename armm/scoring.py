@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from armm.backends import check_backend, decoding
 from armm.model import Transformer
+
+Layout = Literal["packed", "samples"]  # how training lays out documents (``data.layout``)
 
 
 @dataclass(frozen=True)
@@ -40,25 +43,28 @@ class Score:
 
 
 @torch.inference_mode()
-def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None = None,
+def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None = None, window: int | None = None,
           backend: str = "auto") -> Score:
     """Score ``ids`` (start it with bos to score its first real token too).
 
-    A sequence longer than the model's context is scored with a sliding window: the first window
-    holds ``max_seq_len`` tokens, and each next one moves by ``stride`` (default ``max_seq_len // 2``),
-    so every later token is predicted from at least ``max_seq_len - stride`` tokens before it.
-    ``backend`` runs the forwards as in ``generate`` (``armm.backends``: short windows may go native).
-    Raises ValueError for fewer than 2 tokens, an id outside the vocabulary, or a bad stride.
+    A sequence longer than ``window`` tokens (default ``max_seq_len``; at most ``max_seq_len + 1``, whose
+    ``max_seq_len`` inputs fill the context) is scored with a sliding window: the first window holds ``window``
+    tokens, and each next one moves by ``stride`` (default ``window // 2``), so every later token is predicted from
+    at least ``window - 1 - stride`` tokens before it. ``backend`` runs the forwards as in ``generate``
+    (``armm.backends``: short windows may go native).
+    Raises ValueError for fewer than 2 tokens, an id outside the vocabulary, or a bad stride or window.
     """
     config = model.config
-    context = config.max_seq_len
+    context = config.max_seq_len if window is None else window
     ids = _as_ids(ids)
     n = ids.numel()
     if n < 2:
         raise ValueError(f"scoring needs at least 2 tokens (a condition and one scored token), got {n}")
+    if not 2 <= context <= config.max_seq_len + 1:
+        raise ValueError(f"window must be in [2, max_seq_len + 1] = [2, {config.max_seq_len + 1}], got {context}")
     stride = context // 2 if stride is None else stride
     if not 1 <= stride <= context - 1:
-        raise ValueError(f"stride must be in [1, max_seq_len - 1] = [1, {context - 1}], got {stride}")
+        raise ValueError(f"stride must be in [1, window - 1] = [1, {context - 1}], got {stride}")
     bad = ((ids < 0) | (ids >= config.vocab_size)).nonzero()
     if bad.numel():
         position = int(bad[0])
@@ -71,14 +77,29 @@ def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None
     pieces, scored = [], 1  # ids[0] is only a condition
     while scored < n:
         end = min(n, context if scored == 1 else scored + stride)
-        window = ids[max(0, end - context):end]
-        with decoding(model, 1, len(window) - 1, backend) as decoder:  # a fresh cache per window
-            logits = decoder.forward(window[None, :-1], 0)[0].float()  # (len(window) - 1, V): next-token predictions
-        logprobs = logits.log_softmax(-1).gather(-1, window[1:, None])[:, 0]
+        span = ids[max(0, end - context):end]
+        with decoding(model, 1, len(span) - 1, backend) as decoder:  # a fresh cache per window
+            logits = decoder.forward(span[None, :-1], 0)[0].float()  # (len(span) - 1, V): next-token predictions
+        logprobs = logits.log_softmax(-1).gather(-1, span[1:, None])[:, 0]
         pieces.append(logprobs[-(end - scored):])  # only the tokens this window scores first
         scored = end
     token_logprobs = torch.cat(pieces).cpu()
     return Score(token_logprobs=token_logprobs, log_likelihood=float(token_logprobs.double().sum()))
+
+
+def score_documents(model: Transformer, documents: Sequence[Sequence[int]], layout: Layout, *,
+                    backend: str = "auto") -> list[Score]:
+    """Score training documents (``encode_document``: bos … eos) as validation scores its split, so that their bits
+    per unit are ``val/bpu``'s. ``packed``: the documents concatenated into one stream, cut into windows of
+    ``max_seq_len + 1`` tokens at stride ``max_seq_len`` (a window's first token is only context), the stream's end
+    scored by one last window; one ``Score``. ``samples``: each document on its own (its bos is the condition)."""
+    window = model.config.max_seq_len + 1
+    if layout == "packed":
+        stream = [token for document in documents for token in document]
+        return [score(model, stream, stride=window - 1, window=window, backend=backend)]
+    if layout == "samples":
+        return [score(model, document, window=window, backend=backend) for document in documents]
+    raise ValueError(f"layout must be 'packed' or 'samples' (the data.layout the model was trained with), got {layout!r}")
 
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)

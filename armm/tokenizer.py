@@ -145,9 +145,14 @@ class Tokenizer(ABC):
         return [self.encode_document(sample) for sample in samples]
 
     def augment(self, ids: np.ndarray, rng: random.Random) -> np.ndarray:
-        """A random transform of one training sample's ids (a window of a packed stream, or one row of a samples
-        layout with its padding), drawn from ``rng``: music transposed, audio louder or softer, an image shifted.
-        Applied to the training split only; the identity by default. Return an array of the same length."""
+        """A random transform of one training item's ids, drawn from ``rng`` alone: music transposed, audio louder or
+        softer, an image shifted. ``ids`` is the raw row before inputs and targets are made: a window of
+        ``seq_len + 1`` ids of a packed stream (documents cut anywhere, bos and eos inside), or one row of a samples
+        layout (bos … eos, then pads), possibly a read-only view of the cache: return a new array of the same length
+        and dtype, leaving special tokens where they are. Training calls it only when a tokenizer class overrides it
+        (the identity by default), on the training split only, with ``rng`` seeded by the run's seed and the item's
+        key (``armm.training.augment``), so a resumed run draws the same transforms; make it the identity unless an
+        option turns it on."""
         return ids
 
     def encode_prompt(self, prompt: str) -> list[int]:

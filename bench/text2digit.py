@@ -2,7 +2,8 @@
 digit that a classifier of real digits calls 7, and how does guidance change that?
 
 Run as ``python bench/text2digit.py MODEL_DIR`` on a model trained with ``recipes/text2digit.yaml`` (a mixed
-layout: a text part, then an image part; condition dropout in training):
+layout: a text part, then an image part; condition dropout in training), or with ``--caption "{word}"`` on one
+trained with ``recipes/image_folder.yaml`` (a ``classes`` part named "zero" .. "nine" as the prompt part):
 
 1. The classifier of ``bench/digit_classes.py`` (logistic regression on the real train digits, as the image
    part's tokenizer sees them) is trained; its accuracy on the real held-out digits says how far to trust it.

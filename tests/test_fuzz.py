@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pydoc_data.topics import topics
 
 import armm
+from armm.classes import ClassTokenizer
 from armm.layout import VocabLayout
 from armm.sampling import parse_spec
 from armm.tokenizer import Tokenizer
@@ -28,7 +29,7 @@ from armm_protein import ALPHABET, ProteinTokenizer
 from armm_text import BPETokenizer
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TEXT_KINDS = ("bytes", "text-bpe", "code-bpe", "protein")
+TEXT_KINDS = ("bytes", "text-bpe", "code-bpe", "protein", "classes")
 IMAGE_KINDS = ("image-pixels", "image-vq")
 
 
@@ -40,7 +41,7 @@ def make_tokenizers() -> dict[str, Tokenizer]:
     code.fit([inspect.getsource(armm.sampling), inspect.getsource(armm.generation)])
     # An untrained VQ-VAE encodes and decodes exactly as a trained one does, which is all these properties need.
     vq = VQTokenizer(size=8, channels=1, downsample=2, codebook_size=16, code_dim=4, hidden=8, res_blocks=1)
-    return {"bytes": armm.ByteTokenizer(), "text-bpe": text, "code-bpe": code, "protein": ProteinTokenizer(),
+    return {"bytes": armm.ByteTokenizer(), "classes": ClassTokenizer(["zero", "one", "thank you"]), "text-bpe": text, "code-bpe": code, "protein": ProteinTokenizer(),
             "audio-mulaw": MuLawTokenizer(bits=8), "image-pixels": PixelTokenizer(size=4, channels=3, bits=5),
             "image-vq": vq}
 

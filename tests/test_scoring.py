@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import armm
+from armm.scoring import score_documents
 from tests.conftest import tiny_model
 
 
@@ -52,9 +53,40 @@ def test_long_sequences_are_scored_with_a_sliding_window():
     [
         ([1], {}, "at least 2 tokens"),
         ([1, 256], {}, "token id 256 at position 1 is outside"),
-        ([1, 2, 3], dict(stride=128), r"stride must be in \[1, max_seq_len - 1\]"),
+        ([1, 2, 3], dict(stride=128), r"stride must be in \[1, window - 1\]"),
     ],
 )
 def test_bad_sequences_are_refused(ids, kwargs, message):
     with pytest.raises(ValueError, match=message):
         armm.score(tiny_model(), ids, **kwargs)
+
+
+def test_documents_packed_are_scored_in_the_disjoint_windows_of_validation_then_the_tail():
+    model = tiny_model(max_seq_len=16, vocab_size=259)
+    g = torch.Generator().manual_seed(0)
+    documents = [[256, *torch.randint(0, 256, (n,), generator=g).tolist(), 257] for n in (9, 30, 5)]  # 50 tokens
+    stream = torch.tensor([t for d in documents for t in d])
+    [result] = score_documents(model, documents, "packed")
+    # (window start, first token it scores): windows of 17 tokens at stride 16, as PackedWindows(stride=seq_len), then
+    # one last window ending with the stream
+    expected = []
+    with torch.no_grad():
+        for begin, first in [(0, 1), (16, 17), (32, 33), (33, 49)]:
+            logprobs = model(stream[None, begin:begin + 16])[0].log_softmax(-1)
+            expected += [logprobs[t - 1 - begin, stream[t]].item() for t in range(first, begin + 17)]
+    torch.testing.assert_close(result.token_logprobs, torch.tensor(expected), rtol=0, atol=1e-5)
+
+
+def test_documents_as_samples_are_scored_each_alone_in_one_pass_of_up_to_max_seq_len_inputs():
+    model = tiny_model(max_seq_len=16, vocab_size=259)
+    documents = [[256, *range(15), 257], [256, 7, 257]]  # 17 tokens: 16 inputs fill the context
+    results = score_documents(model, documents, "samples")
+    for document, result in zip(documents, results):
+        ids = torch.tensor(document)
+        with torch.no_grad():
+            logprobs = model(ids[None, :-1])[0].log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
+        torch.testing.assert_close(result.token_logprobs, logprobs, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="layout must be 'packed' or 'samples'"):
+        score_documents(model, documents, "rows")
+    with pytest.raises(ValueError, match=r"window must be in \[2, max_seq_len \+ 1\] = \[2, 17\]"):
+        armm.score(model, [1, 2, 3], window=18)

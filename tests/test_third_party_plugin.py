@@ -9,6 +9,7 @@ whose entropy is known exactly.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import random
@@ -195,3 +196,27 @@ def test_the_tutorial_explains_every_member_of_the_tokenizer_contract():
     members = [name for name in declared if not name.startswith("_")]
     missing = [name for name in members if f"`{name}" not in TUTORIAL.read_text()]
     assert not missing and "name" in members and "check_ids" in members
+
+
+# --- the tutorial's last section: armm fit on the plugin's own files, then armm baselines ------------------------
+def test_armm_fit_trains_on_the_plugins_files_and_beats_the_baselines(plugins, tmp_path, monkeypatch, capsys):
+    """Section 7 of the tutorial, shortened to 80 steps: files written by ``train.py --reads`` train through the
+    plugin's ``read_file``; the held-out reads are recorded; the trained export beats the unigram baseline."""
+    monkeypatch.chdir(tmp_path)
+    load_example_script("train").write_reads("reads")
+    recipe = str(EXAMPLE / "dna.yaml")
+    main(["fit", "-c", recipe, "--trainer.max_steps", "80", "--trainer.val_check_interval", "80",
+          "--trainer.enable_progress_bar", "false"])
+    [meta] = Path("runs/cache").glob("dna-*/meta.json")
+    split = json.loads(meta.read_text())
+    assert (split["train"]["documents"], split["val"]["documents"]) == (1800, 200)
+    held_out = split["split"]["val"]
+    assert sum(len(entry["documents"]) for entry in held_out) == 200
+    assert {Path(entry["source"]).name for entry in held_out} <= {f"reads-{i}.txt" for i in range(8)}
+    capsys.readouterr()
+    main(["baselines", "-c", recipe, "--trained", "runs/dna-fit/export/best"])
+    rows = {line.split("|")[1].strip(): float(line.split("|")[3]) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| ") and "bits" not in line}
+    unigram = next(value for name, value in rows.items() if name.startswith("unigram"))
+    trained = next(value for name, value in rows.items() if name.startswith("model"))
+    assert 1.9 < unigram < 2.4 and trained < 0.75 * unigram, rows

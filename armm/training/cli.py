@@ -62,14 +62,16 @@ def _refused(checkpoint: str, names: Iterable[str]) -> ValueError:
                       "and plain data (weights_only=True): resume from checkpoints armm fit wrote")
 
 
-def run_training_cli(args: list[str]) -> ArmmCLI:
-    """Run a LightningCLI subcommand (``fit``, ``validate``) with armm's module, data module and callbacks."""
+def run_training_cli(args: list[str], cli: type[ArmmCLI] = ArmmCLI, run: bool = True) -> ArmmCLI:
+    """Run a LightningCLI subcommand (``fit``, ``validate``, ``test``) with armm's module, data module and callbacks; with
+    ``run=False``, parse a recipe and its overrides (no subcommand) and build the objects without running."""
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # armm passes argv on
     try:
-        return ArmmCLI(
+        return cli(
             ARModule,
             TokenDataModule,
             args=args,
+            run=run,
             parser_kwargs={"exit_on_error": False},  # armm.cli.main reports parsing errors in one line
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},

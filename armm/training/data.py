@@ -10,8 +10,10 @@ Two layouts:
 With ``format: chat`` the documents are conversations, packed like text with a flag per token
 (``train_scored.npy`` / ``val_scored.npy``) that keeps the loss on the assistant replies (``armm.training.chat_data``).
 
-The cache (``cache_dir/<key>/``) holds ``train.bin`` / ``val.bin`` (``numpy.memmap``), ``meta.json`` and the
-fitted tokenizer, keyed by the tokenizer, its options and the data; a second run skips tokenisation.
+The cache (``cache_dir/<key>/``) holds ``train.npy`` / ``val.npy`` (and ``test.npy``; memory-mapped), ``meta.json``
+(the split and each split's sizes) and the fitted tokenizer, keyed by the tokenizer, its options and the data; a
+second run skips tokenisation. Documents are read, encoded and written a batch at a time
+(``armm.training.prepare``), so the corpus never has to fit in memory.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -27,18 +28,21 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from armm.layout import VocabLayout
 from armm.plugins import get_plugins
 from armm.pretrained import load_pretrained_tokenizer
 from armm.tokenizer import Tokenizer, build_tokenizer
+from armm.training.augment import ConditionDropout, TrainingItems, augmentation
 from armm.training.chat_data import (
     Messages, chat_template_for, conversations_of, pack_conversations, read_conversations, rendered_texts,
 )
+from armm.training.prepare import Source, document_split, prepare_splits
 
 IGNORE_INDEX = -100
-CACHE_FORMAT = 2  # part of the cache key: a new format never reads an old cache
+CACHE_FORMAT = 3  # part of the cache key: a new format never reads an old cache
 Layout = Literal["packed", "samples"]
 DataFormat = Literal["documents", "chat"]
 
@@ -64,10 +68,22 @@ class PackedWindows(Dataset):
         return self.count if self.starts is None else len(self.starts)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        start = i * self.stride if self.starts is None else int(self.starts[i])
-        window = torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
+        return self.item(i, self.row(i))
+
+    def start(self, i: int) -> int:
+        """Where window ``i`` starts in the stream."""
+        return i * self.stride if self.starts is None else int(self.starts[i])
+
+    def row(self, i: int) -> np.ndarray:
+        """Window ``i``'s ``seq_len + 1`` ids (a read-only view of the stream)."""
+        return self.tokens[self.start(i):self.start(i) + self.seq_len + 1]
+
+    def item(self, i: int, row: np.ndarray) -> dict[str, torch.Tensor]:
+        """Inputs and targets of ``row``, window ``i``'s ids or a transform of them (its scored flags stay ``i``'s)."""
+        window = torch.from_numpy(row.astype(np.int64))
         if self.scored is None:
             return {"input_ids": window[:-1], "targets": window[1:]}
+        start = self.start(i)
         keep = torch.from_numpy(self.scored[start + 1:start + self.seq_len + 1].astype(bool))
         return {"input_ids": window[:-1], "targets": window[1:].masked_fill(~keep, IGNORE_INDEX)}
 
@@ -82,34 +98,17 @@ class PaddedSamples(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.item(self.rows[i])
+        return self.item(i, self.row(i))
 
-    def item(self, row: np.ndarray) -> dict[str, torch.Tensor]:
+    def row(self, i: int) -> np.ndarray:
+        """Sample ``i``'s ``seq_len + 1`` ids, padding included (a read-only view of the cache)."""
+        return self.rows[i]
+
+    def item(self, i: int, row: np.ndarray) -> dict[str, torch.Tensor]:
+        """Inputs and targets of ``row``, sample ``i``'s ids or a transform of them."""
         row = torch.from_numpy(row.astype(np.int64))
         targets = row[1:].masked_fill(row[1:] == self.pad_id, IGNORE_INDEX)
         return {"input_ids": row[:-1].masked_fill(row[:-1] == self.pad_id, 0), "targets": targets}
-
-
-class ConditionDropout(Dataset):
-    """``PaddedSamples`` whose condition (the span of layout part ``part``) is replaced by the null token with
-    probability ``p``: classifier-free guidance training. The draw depends only on ``seed`` and the key
-    ``pass * len + index`` (``ResumableSampler(keyed=True)``), so a resumed run drops the same samples."""
-
-    def __init__(self, samples: PaddedSamples, layout: VocabLayout, part: str, p: float, seed: int) -> None:
-        layout.span(part)  # an unknown part fails now, naming the parts
-        self.samples, self.layout, self.part, self.p, self.seed = samples, layout, part, p, seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: int) -> dict[str, torch.Tensor]:
-        row = self.samples.rows[key % len(self.samples)]
-        if random.Random(f"{self.seed}:{key}").random() < self.p:
-            pad = self.samples.pad_id
-            ids = self.layout.without_part([t for t in row.tolist() if t != pad], self.part)  # pads only trail
-            row = np.full_like(row, pad)
-            row[:len(ids)] = ids
-        return self.samples.item(row)
 
 
 class ResumableSampler(Sampler[int]):
@@ -150,7 +149,15 @@ class TokenDataModule(L.LightningDataModule):
         layout: ``packed`` token stream (text-like) or fixed-length ``samples`` (images, audio clips).
         seq_len: Tokens per training window (the model's context must be at least this).
         batch_size: Windows per batch (per device).
-        val_fraction: Share of documents held out for validation (of the token stream when there is one document).
+        val_fraction: Share of documents held out for validation, drawn by ``seed``. With one document (a single
+            text file) and the ``packed`` layout, the last ``val_fraction`` of its tokens are validation (nanoGPT's
+            split), and a trainable tokenizer is fitted on the whole of it.
+        val_path: A file, folder or glob of held-out validation data (read like ``path``): no split is drawn.
+        test_path: A file, folder or glob of test data (read like ``path``), for ``armm test``.
+        fields: For a manifest ``path`` (JSONL or CSV), which column holds each role (``{"text": "body"}``).
+        prepare_workers: Processes that read and encode files while the cache is prepared; unset: one per core
+            for tokenizers without their own batch encoder (images, audio), none otherwise (text-bpe's encoder is
+            multi-threaded already).
         cache_dir: Where tokenised data is cached.
         num_workers: DataLoader worker processes.
         seed: Seed of the split and of the window order.
@@ -183,6 +190,10 @@ class TokenDataModule(L.LightningDataModule):
         condition: str | None = None,
         format: DataFormat = "documents",
         chat_template: str | None = None,
+        val_path: str | None = None,
+        test_path: str | None = None,
+        fields: dict[str, str] | None = None,
+        prepare_workers: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= condition_dropout < 1:
@@ -212,18 +223,26 @@ class TokenDataModule(L.LightningDataModule):
         self.tokenizer_options = dict(tokenizer_options or {})
         if dataset is not None:
             plugins.datasets.get(dataset)  # unknown names fail now, naming the available ones
-        elif not Path(path).exists() and not any(ch in str(path) for ch in "*?["):
-            raise FileNotFoundError(f"data.path {path} does not exist (give a file, a folder or a glob)")
+        for option, value in (("path", path), ("val_path", val_path), ("test_path", test_path)):
+            if value is not None and not Path(value).exists() and not any(ch in str(value) for ch in "*?["):
+                raise FileNotFoundError(f"data.{option} {value} does not exist (give a file, a folder or a glob)")
+        if format == "chat" and (val_path or test_path or fields):
+            raise ValueError("data.format: chat reads data.path (or a dataset) and draws its own validation split; "
+                             "drop data.val_path, data.test_path and data.fields")
+        if prepare_workers is not None and prepare_workers < 0:
+            raise ValueError(f"data.prepare_workers must be >= 0 (0: none) or unset, got {prepare_workers}")
         self.tokenizer_name, self.tokenizer_dir, self.dataset, self.path = tokenizer, tokenizer_dir, dataset, path
         self.pretrained = pretrained
         self.layout, self.seq_len, self.batch_size = layout, seq_len, batch_size
         self.val_fraction, self.cache_dir, self.num_workers, self.seed = val_fraction, Path(cache_dir), num_workers, seed
         self.condition_dropout, self.condition = condition_dropout, condition
         self.format = format
+        self.val_path, self.test_path, self.fields, self.prepare_workers = val_path, test_path, fields, prepare_workers
         self.template = chat_template_for(chat_template, pretrained) if format == "chat" else None
         self.tokenizer: Tokenizer | None = None
         self.meta: dict[str, Any] = {}
-        self.scored: dict[str, np.ndarray | None] = {"train": None, "val": None}  # chat: the flags of scored tokens
+        self.scored: dict[str, np.ndarray | None] = {"train": None, "val": None, "test": None}  # chat: scored flags
+        self.test_tokens: np.ndarray | None = None
 
     # --- preparing the cache -------------------------------------------------------------------------
     @property
@@ -232,9 +251,10 @@ class TokenDataModule(L.LightningDataModule):
         source = self.dataset if self.dataset is not None else _describe_files(self.path)
         chat = [self.template.name, self.template.source, self.template.variables] if self.template else []
         pretrained = [_describe_files(str(self.pretrained))] if self.pretrained is not None else []  # its tokenizer
+        held_out = [_describe_files(p) if p is not None else None for p in (self.val_path, self.test_path)]
         key = json.dumps([CACHE_FORMAT, self.tokenizer_name, self.tokenizer_options, str(self.tokenizer_dir), source, self.layout,
                           self.seq_len if self.layout == "samples" else None, self.val_fraction, self.seed, *chat,
-                          *pretrained],
+                          *pretrained, *held_out, self.fields],
                          sort_keys=True, default=str)
         return self.cache_dir / f"{self.tokenizer_name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -244,31 +264,34 @@ class TokenDataModule(L.LightningDataModule):
         if (cache / "meta.json").is_file():
             return
         tokenizer = self._make_tokenizer()
-        samples = self._read_samples(tokenizer)
-        train, val = self._split(samples)
-        if tokenizer.needs_fit:
-            tokenizer.fit(rendered_texts(train, self.template) if self.template else train)
         tmp = cache.with_name(cache.name + ".tmp")
         (tmp / "tokenizer").mkdir(parents=True, exist_ok=True)
+        splits = self._prepare_chat(tmp, tokenizer) if self.template is not None else self._prepare_documents(tmp, tokenizer)
         tokenizer.save(tmp / "tokenizer")
         dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-        meta: dict[str, Any] = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.__name__}
-        for split, docs in (("train", train), ("val", val)):
-            if self.template is not None:
-                meta[split] = self._save_chat(tmp, split, docs, tokenizer, dtype)
-                continue
-            encoded = [tokenizer.encode_document(doc) for doc in docs]
-            array = self._layout_tokens(encoded, tokenizer)
-            np.save(tmp / f"{split}.npy", array.astype(dtype))
-            tokens = int(sum(len(e) for e in encoded))
-            meta[split] = {
-                "documents": len(docs), "tokens": tokens,
-                # every token but the first of the stream (packed) or of each row (samples) is a target
-                "scored_tokens": tokens - (1 if self.layout == "packed" else len(docs)),
-                "units": int(sum(tokenizer.num_units(doc) for doc in docs)),
-            }
+        meta = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.__name__, **splits}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         tmp.replace(cache)
+
+    def _prepare_documents(self, directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:
+        """Stream the documents through ``armm.training.prepare``: the split record and each split's sizes."""
+        if self.dataset is not None:
+            data = Source.of_samples(self.dataset, self._read_samples(tokenizer))
+        else:
+            data = Source.of_path(tokenizer, self.path, self.fields)
+        val, test = (Source.of_path(tokenizer, p, self.fields) if p is not None else None
+                     for p in (self.val_path, self.test_path))
+        return prepare_splits(tokenizer, data, directory, layout=self.layout, seq_len=self.seq_len,
+                              val_fraction=self.val_fraction, seed=self.seed, val=val, test=test,
+                              workers=self.prepare_workers)
+
+    def _prepare_chat(self, directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:
+        """Conversations, held in memory (fine-tuning data is small): split, fit, pack with their scored flags."""
+        train, val = self._split(self._read_samples(tokenizer))
+        if tokenizer.needs_fit:
+            tokenizer.fit(rendered_texts(train, self.template))
+        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+        return {split: self._save_chat(directory, split, docs, tokenizer, dtype) for split, docs in (("train", train), ("val", val))}
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:
@@ -285,9 +308,20 @@ class TokenDataModule(L.LightningDataModule):
             self.tokenizer.span(self.condition)  # an unknown part fails now, naming the parts
         self.train_tokens = np.load(cache / "train.npy", mmap_mode="r")
         self.val_tokens = np.load(cache / "val.npy", mmap_mode="r")
+        if (cache / "test.npy").is_file():
+            self.test_tokens = np.load(cache / "test.npy", mmap_mode="r")
         self.scored = {split: np.load(cache / f"{split}_scored.npy", mmap_mode="r") if self.template else None
                        for split in ("train", "val")}
-        for split, array in (("train", self.train_tokens), ("val", self.val_tokens)):
+        self.scored["test"] = None  # chat data has no test split
+        arrays = {"train": self.train_tokens, "val": self.val_tokens, "test": self.test_tokens}
+        for split, array in arrays.items():
+            if array is not None:
+                sizes = self.meta[split]
+                rank_zero_info(f"data {split}: {sizes['documents']:,} documents, {sizes['tokens']:,} tokens, "
+                               f"{array.nbytes / 1e6:,.1f} MB")
+        for split, array in arrays.items():
+            if array is None:
+                continue
             if len(self._dataset(array, stride=self.seq_len, split=split)) == 0:
                 scored = " with a scored (assistant) token" if self.template else ""
                 raise ValueError(
@@ -298,7 +332,11 @@ class TokenDataModule(L.LightningDataModule):
     @property
     def units_per_token(self) -> float:
         """Modality units (bytes, residues, pixel values, audio samples) per scored validation token."""
-        return self.meta["val"]["units"] / self.meta["val"]["scored_tokens"]
+        return self.split_units_per_token("val")
+
+    def split_units_per_token(self, split: str) -> float:
+        """Modality units per scored token of ``split`` (``val`` or ``test``)."""
+        return self.meta[split]["units"] / self.meta[split]["scored_tokens"]
 
     # --- loaders ---------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
@@ -306,15 +344,23 @@ class TokenDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         consumed = trainer.global_step * trainer.accumulate_grad_batches * self.batch_size if trainer is not None else 0
-        keyed = bool(self.condition_dropout)
+        dropout = ConditionDropout(self.tokenizer, self.condition, self.condition_dropout) if self.condition_dropout else None
+        augment = augmentation(self.tokenizer)
+        keyed = dropout is not None or augment is not None  # items drawn anew each pass, keyed for exact resumes
         if keyed:
-            dataset = ConditionDropout(dataset, self.tokenizer, self.condition, self.condition_dropout, self.seed)
+            dataset = TrainingItems(dataset, self.seed, dropout, augment)
         sampler = ResumableSampler(len(dataset), self.seed, start=consumed, rank=rank, world=world, keyed=keyed)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         dataset = self._dataset(self.val_tokens, stride=self.seq_len, split="val")  # disjoint windows cover the split once
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_tokens is None:
+            raise ValueError("there is no test split: set data.test_path to the test data to evaluate on")
+        dataset = self._dataset(self.test_tokens, stride=self.seq_len, split="test")
         return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -331,40 +377,20 @@ class TokenDataModule(L.LightningDataModule):
             if self.template is not None:
                 samples = conversations_of(samples, f"dataset {self.dataset}")
         else:
-            samples = read_conversations(self.path) if self.template is not None else tokenizer.read(self.path)
+            samples = read_conversations(self.path)  # chat: documents from files are streamed instead
         if not samples:
             raise ValueError(f"the dataset {self.dataset or self.path} is empty: it holds no samples")
         if self.template is None and isinstance(samples[0], dict) and "messages" in samples[0]:
             raise ValueError(f"the dataset {self.dataset} holds conversations; set data.format: chat to train on them")
         return samples
 
-    def _split(self, samples: list[Any]) -> tuple[list[Any], list[Any]]:
-        """Hold out ``val_fraction`` of the documents (at least one), chosen by the seed."""
-        if len(samples) < 2:
-            raise ValueError(
-                f"the dataset {self.dataset or self.path} holds 1 sample; a validation split needs at least 2 "
-                "(split the text into several files, or use more data)"
-            )
-        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        n_val = max(1, round(len(samples) * self.val_fraction))
-        return [samples[i] for i in order[n_val:]], [samples[i] for i in order[:n_val]]
-
-    def _layout_tokens(self, encoded: list[list[int]], tokenizer: Tokenizer) -> np.ndarray:
-        if self.layout == "packed":
-            return np.fromiter((t for doc in encoded for t in doc), dtype=np.int64)
-        width = self.seq_len + 1
-        too_long = [len(doc) for doc in encoded if len(doc) > width]
-        if too_long:
-            raise ValueError(
-                f"a sample is {max(too_long)} tokens long (bos and eos included) but data.seq_len + 1 = {width}; "
-                f"raise data.seq_len (and the model's max_seq_len) or make the samples smaller"
-            )
-        if tokenizer.pad_id is None:
-            raise ValueError(f"layout 'samples' needs a pad token, and tokenizer {tokenizer.name!r} has none")
-        rows = np.full((len(encoded), width), tokenizer.pad_id, dtype=np.int64)
-        for row, doc in zip(rows, encoded):
-            row[:len(doc)] = doc
-        return rows
+    def _split(self, conversations: list[Any]) -> tuple[list[Any], list[Any]]:
+        """Hold out ``val_fraction`` of the conversations (at least one), chosen by the seed."""
+        if len(conversations) < 2:
+            raise ValueError(f"the dataset {self.dataset or self.path} holds 1 sample; a validation split needs at "
+                             "least 2 (add conversations)")
+        train, val = document_split(len(conversations), self.val_fraction, self.seed)
+        return [conversations[i] for i in train.tolist()], [conversations[i] for i in val.tolist()]
 
     def _dataset(self, array: np.ndarray, stride: int, split: str) -> Dataset:
         if self.layout == "packed":

@@ -161,19 +161,31 @@ class ARModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (summed nats, tokens)
+        self._eval_sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # (summed nats, tokens)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         targets = batch["targets"]
         tokens = (targets != IGNORE_INDEX).sum()
-        self._val_sums += torch.stack([self.loss(self(batch["input_ids"]), targets) * tokens, tokens]).double()
+        self._eval_sums += torch.stack([self.loss(self(batch["input_ids"]), targets) * tokens, tokens]).double()
 
     def on_validation_epoch_end(self) -> None:
-        nats, tokens = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum").tolist()
+        self.log_evaluation("val", self.units_per_token)
+
+    on_test_epoch_start = on_validation_epoch_start
+    test_step = validation_step
+
+    def on_test_epoch_end(self) -> None:
+        """``armm test``: the loss on the data module's test split (``data.test_path``)."""
+        datamodule = getattr(self._trainer, "datamodule", None)
+        self.log_evaluation("test", datamodule.split_units_per_token("test") if datamodule else self.units_per_token)
+
+    def log_evaluation(self, split: str, units_per_token: float) -> None:
+        """``<split>/loss`` (nats per scored token, over every rank), ``/ppl`` and ``/bpu`` (bits per unit)."""
+        nats, tokens = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum").tolist()
         loss = nats / max(tokens, 1)
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", math.exp(min(loss, 50.0)))
-        self.log("val/bpu", loss / math.log(2) / self.units_per_token, prog_bar=True)
+        self.log(f"{split}/loss", loss, prog_bar=True)
+        self.log(f"{split}/ppl", math.exp(min(loss, 50.0)))
+        self.log(f"{split}/bpu", loss / math.log(2) / units_per_token, prog_bar=True)
 
     # --- scheduled sampling (Bengio et al. 2015) -----------------------------------------------------------
     def scheduled_sampling_probability(self) -> float:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from armm.files import find_files, numbered_paths, read_json_object
@@ -30,6 +32,8 @@ class MuLawTokenizer(Tokenizer):
         sample_rate: Rate (Hz) that ``read`` resamples every file to and ``write`` records.
         bits: Bits per sample; 2**bits mu-law levels (2 .. 16).
         clip_seconds: If set, ``read`` cuts each file into consecutive clips of at most this long.
+        augment_gain_db: Training augmentation (``augment``): each training clip is made louder or softer by a gain
+            drawn uniformly from -this .. +this decibels (0: off).
     """
 
     name = "audio-mulaw"
@@ -38,17 +42,21 @@ class MuLawTokenizer(Tokenizer):
     file_suffix = ".wav"
     read_suffixes = READ_SUFFIXES
 
-    def __init__(self, sample_rate: int = 16000, bits: int = 8, clip_seconds: float | None = None) -> None:
+    def __init__(self, sample_rate: int = 16000, bits: int = 8, clip_seconds: float | None = None,
+                 augment_gain_db: float = 0.0) -> None:
         if not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
         if not isinstance(bits, int) or bits not in BITS_RANGE:
             raise ValueError(f"bits must be an integer from {BITS_RANGE.start} to {BITS_RANGE.stop - 1}, got {bits!r}")
         if clip_seconds is not None and not clip_seconds * sample_rate >= 1:
             raise ValueError(f"clip_seconds must hold at least one sample at {sample_rate} Hz, got {clip_seconds!r}")
+        if not isinstance(augment_gain_db, (int, float)) or not 0 <= augment_gain_db < math.inf:
+            raise ValueError(f"augment_gain_db must be a finite number of decibels >= 0 (0: off), got {augment_gain_db!r}")
         self.sample_rate = sample_rate
         self.bits = bits
         self.clip_seconds = clip_seconds
         self.levels = 2**bits
+        self.augment_gain_db = float(augment_gain_db)
 
     @property
     def vocab_size(self) -> int:
@@ -70,6 +78,21 @@ class MuLawTokenizer(Tokenizer):
         self.check_ids(ids)
         levels = torch.tensor([token for token in ids if token < self.levels], dtype=torch.float64)
         return torchaudio.functional.mu_law_decoding(levels, self.levels).clamp(-1.0, 1.0).to(torch.float32)
+
+    def augment(self, ids: np.ndarray, rng: random.Random) -> np.ndarray:
+        """A random gain within ±``augment_gain_db``: the levels are decoded to amplitudes, scaled (clipped to
+        [-1, 1]) and encoded again; bos, eos and pad stay. The identity when ``augment_gain_db`` is 0."""
+        import torchaudio.functional
+
+        if not self.augment_gain_db:
+            return ids
+        gain = 10 ** (rng.uniform(-self.augment_gain_db, self.augment_gain_db) / 20)
+        out = np.array(ids)
+        content = out < self.levels
+        amplitude = torchaudio.functional.mu_law_decoding(torch.from_numpy(out[content].astype(np.int64)), self.levels)
+        louder = (amplitude.double() * gain).clamp(-1.0, 1.0)
+        out[content] = torchaudio.functional.mu_law_encoding(louder, self.levels).numpy()
+        return out
 
     def num_units(self, sample: Any) -> int:
         return as_waveform(sample).numel()
@@ -99,7 +122,8 @@ class MuLawTokenizer(Tokenizer):
         return paths
 
     def save(self, directory: str | Path) -> None:
-        config = {"sample_rate": self.sample_rate, "bits": self.bits, "clip_seconds": self.clip_seconds}
+        config = {"sample_rate": self.sample_rate, "bits": self.bits, "clip_seconds": self.clip_seconds,
+                  "augment_gain_db": self.augment_gain_db}
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(config) + "\n")
 
     @classmethod

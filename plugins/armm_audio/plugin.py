@@ -1,7 +1,7 @@
 """Hook implementations of the audio plugin."""
 
 import armm
-from armm_audio.datasets import espeak_phrases, synthetic_tones
+from armm_audio.datasets import espeak_phrases, synthetic_notes, synthetic_notes_captioned, synthetic_tones
 from armm_audio.mulaw import MuLawTokenizer
 
 
@@ -14,3 +14,5 @@ def armm_register_tokenizers(register) -> None:
 def armm_register_datasets(register) -> None:
     register("espeak-phrases", espeak_phrases)
     register("synthetic-tones", synthetic_tones)
+    register("synthetic-notes", synthetic_notes)
+    register("synthetic-notes-captioned", synthetic_notes_captioned)

@@ -66,6 +66,13 @@ class CodeTokenizer(BPETokenizer):
             self._fim = FIMTransform(self, self.fim_rate, self.fim_spm_rate, self.fim_seed)
         return ([self.bos_id] if self.bos_id is not None else []) + self._fim(sample)
 
+    def encode_documents(self, samples: Sequence[str]) -> list[list[int]]:
+        """The batched encoding of ``text-bpe``; one document at a time through ``encode_document`` when
+        fill-in-the-middle is on (its draws go document by document)."""
+        if self.fim_rate == 0:
+            return super().encode_documents(samples)
+        return [self.encode_document(sample) for sample in samples]
+
     def pre_tokenizer(self) -> pre_tokenizers.PreTokenizer:
         return pre_tokenizers.Sequence(
             [

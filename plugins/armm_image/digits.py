@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from armm import Tokenizer
+from armm.datasource import caption_part, in_layout_order, label_part, modality_part
 from armm_image.base import ImageTokenizer
 
 
@@ -67,12 +69,40 @@ def caption(label: int, index: int) -> str:
 
 def sklearn_digits_captioned(tokenizer: Tokenizer) -> list[list[tuple[str, Any]]]:
     """Dataset ``sklearn-digits-captioned``: for a mixed layout with a text part (its ``prompt_part``) and an
-    image part, each train digit as ``[(text, "a handwritten seven"), (image, the digit)]``."""
-    parts = getattr(tokenizer, "parts", {})
-    images = [name for name, part in parts.items() if isinstance(part, ImageTokenizer)]
-    if not images or tokenizer.prompt_part == images[0]:
-        raise ValueError("dataset 'sklearn-digits-captioned' needs tokenizer: mixed with a text part (the layout's "
-                         "prompt_part) and an image part")
-    digits, labels = digits_for(parts[images[0]])
-    return [[(tokenizer.prompt_part, caption(label, index)), (images[0], image)]
-            for index, (label, image) in enumerate(zip(labels, digits))]
+    image part, each train digit as ``[(text, "a handwritten seven"), (image, the digit)]`` in layout order."""
+    image = modality_part(tokenizer, "image", "dataset 'sklearn-digits-captioned'")
+    text = caption_part(tokenizer, [image])
+    if text != tokenizer.prompt_part:
+        raise ValueError("dataset 'sklearn-digits-captioned' needs tokenizer: mixed with a text part as its prompt_part "
+                         "(prompts are captions) and an image part")
+    digits, labels = digits_for(tokenizer.parts[image])
+    return [in_layout_order(tokenizer, {text: caption(label, index), image: digit})
+            for index, (label, digit) in enumerate(zip(labels, digits))]
+
+
+def sklearn_digits_named(tokenizer: Tokenizer) -> list[list[tuple[str, Any]]]:
+    """Dataset ``sklearn-digits-named``: for a mixed layout with a ``classes`` part and an image part, each train digit
+    labelled by its class's name, in layout order: ``[(label, "seven"), (image, the digit)]`` — what a labelled folder
+    of the digits (``seven/0042.png``) reads as."""
+    image = modality_part(tokenizer, "image", "dataset 'sklearn-digits-named'")
+    label = label_part(tokenizer)
+    digits, labels = digits_for(tokenizer.parts[image])
+    return [in_layout_order(tokenizer, {label: DIGIT_WORDS[number], image: digit})
+            for number, digit in zip(labels, digits)]
+
+
+def write_digit_folder(root: str | Path, split: str = "train", count: int | None = None,
+                       by_class: bool = True) -> list[tuple[Path, int]]:
+    """The first ``count`` (all when None) 8x8 digits of ``split`` as 8-bit grey PNGs: ``root/seven/0042.png``, a
+    labelled folder (torchvision's ImageFolder convention) as ``recipes/image_folder.yaml`` reads, or flat
+    ``root/0042.png``; → each file with its label."""
+    from PIL import Image
+
+    images, labels = load_digits_images(8, split)
+    written = []
+    for index, (image, label) in enumerate(zip(images[:count], labels[:count].tolist())):
+        path = Path(root, DIGIT_WORDS[label] if by_class else "", f"{index:04d}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy()).save(path)
+        written.append((path, label))
+    return written

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import operator
+import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 
@@ -47,6 +49,9 @@ class PixelTokenizer(ImageTokenizer):
     With ``num_classes`` = C the vocabulary gains C class tokens after bos, eos and pad (class ``c`` is id
     ``num_codes + 3 + c``). A labelled sample ``(label, image)`` becomes the training document bos, class
     token, pixel ids, eos; the prompt ``"7"`` becomes class 7's token; ``decode`` skips class tokens.
+
+    With ``augment_shift`` = S, training shifts each image sideways by a random whole number of pixels in -S .. S
+    (``augment``), repeating the edge column into the gap (the background of an image on a plain background).
     """
 
     name = "image-pixels"
@@ -58,6 +63,7 @@ class PixelTokenizer(ImageTokenizer):
         bits: int = 8,
         palette_size: int | None = None,
         num_classes: int | None = None,
+        augment_shift: int = 0,
     ) -> None:
         super().__init__(size, channels)
         if not 1 <= bits <= 8:
@@ -68,7 +74,11 @@ class PixelTokenizer(ImageTokenizer):
             )
         if num_classes is not None and num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (or None for no classes), got {num_classes}")
+        if isinstance(augment_shift, bool) or not isinstance(augment_shift, int) or not 0 <= augment_shift < self.width:
+            raise ValueError(f"augment_shift must be a whole number of pixels in 0..{self.width - 1} (0: off), "
+                             f"got {augment_shift!r}")
         self.bits = bits
+        self.augment_shift = augment_shift
         self.palette_size = palette_size
         self.num_classes = num_classes
         self.palette: torch.Tensor | None = None  # uint8 [palette_size, channels] once fitted
@@ -139,6 +149,23 @@ class PixelTokenizer(ImageTokenizer):
             ) from None
         return [self.class_id(label)]
 
+    def augment(self, ids: np.ndarray, rng: random.Random) -> np.ndarray:
+        """The row's image shifted right by a random ``-augment_shift .. augment_shift`` pixels (left when negative),
+        the edge column repeated into the gap; bos, eos, pad and the class token stay. The identity when
+        ``augment_shift`` is 0. The row must hold one whole image (``data.layout: samples``)."""
+        if not self.augment_shift:
+            return ids
+        shift = rng.randint(-self.augment_shift, self.augment_shift)
+        out = np.array(ids)
+        content = out < self.num_codes
+        if content.sum() != self.sequence_length:
+            raise ValueError(f"augment_shift shifts whole images, but a training row holds {content.sum()} pixel ids "
+                             f"of the {self.sequence_length} of an image; train with data.layout: samples")
+        pixels = out[content].reshape(self.height, self.width, -1)  # raster order: (h w c), or (h w) with a palette
+        columns = np.clip(np.arange(self.width) - shift, 0, self.width - 1)
+        out[content] = pixels[:, columns].reshape(-1)
+        return out
+
     # --- pixels --------------------------------------------------------------------------------------
     def fit(self, samples: Iterable[Any], *, max_pixels: int = 100_000, seed: int = 0) -> None:
         """Fit the palette by k-means over the pixels of ``samples`` (images or labelled images; only with
@@ -199,6 +226,7 @@ class PixelTokenizer(ImageTokenizer):
             "bits": self.bits,
             "palette_size": self.palette_size,
             "num_classes": self.num_classes,
+            "augment_shift": self.augment_shift,
             "palette": None if self.palette is None else self.palette.tolist(),
         }
         (Path(directory) / CONFIG_FILE).write_text(json.dumps(config) + "\n")

@@ -12,12 +12,13 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
 
-from armm.files import find_files, numbered_paths, read_json_object, read_text, with_gzip
-from armm.tokenizer import Tokenizer
+from armm.files import find_files, numbered_paths, read_json_object, read_text, read_text_pieces, with_gzip
+from armm.tokenizer import LongDocument, Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILE = "bpe_settings.json"
 BYTE_ALPHABET_SIZE = 256
+LONG_FILE_BYTES = 8 << 20  # files bigger than this on disk are read in pieces (see docs/performance.md)
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -218,6 +219,18 @@ class BPETokenizer(Tokenizer):
                 ids.extend(vocabulary.backend.encode(part, add_special_tokens=False).ids)
         return ids
 
+    def encode_batch(self, samples: Sequence[str]) -> list[list[int]]:
+        """``encode`` of many texts at once, on all cores (the backend's ``encode_batch``)."""
+        for sample in samples:
+            if not isinstance(sample, str):
+                raise TypeError(f"tokenizer {self.name!r} encodes str, got {type(sample).__name__}")
+        return [encoding.ids for encoding in self.backend.encode_batch(list(samples), add_special_tokens=False)]
+
+    def encode_documents(self, samples: Sequence[str]) -> list[list[int]]:
+        bos = [self.bos_id] if self.bos_id is not None else []
+        eos = [self.eos_id] if self.eos_id is not None else []
+        return [bos + ids + eos for ids in self.encode_batch(samples)]
+
     def decode(self, ids: Sequence[int]) -> str:
         self.check_ids(ids)
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=True)
@@ -240,6 +253,22 @@ class BPETokenizer(Tokenizer):
         """One sample per file with one of ``read_suffixes`` in a file, folder or glob."""
         return [read_text(path) for path in find_files(source, self.read_suffixes, what=f"{self.modality} files")]
 
+    def read_file(self, path: Path) -> list[str | LongDocument]:
+        """The file's text; a file over ``LONG_FILE_BYTES`` on disk as a ``LongDocument`` of ~1M-character pieces
+        (``armm.files.read_text_pieces``) when the vocabulary pre-tokenizes the way ``fit`` does, so the pieces
+        encode to the ids of the whole. Its pieces are read again each time they are iterated."""
+        if path.stat().st_size > LONG_FILE_BYTES and self.cuts_safely:
+            return [LongDocument(Pieces(path))]
+        return [read_text(path)]
+
+    @property
+    def cuts_safely(self) -> bool:
+        """Whether encoding ``read_text_pieces``' pieces apart gives the ids of the whole text: no normalizer, and
+        the pre-tokenizer ``fit`` uses (a loaded tokenizer.json may split or normalise otherwise)."""
+        settings = json.loads(self.backend.to_str())
+        wanted = json.loads(self.pre_tokenizer().__getstate__())
+        return settings.get("normalizer") is None and settings.get("pre_tokenizer") == wanted
+
     def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
         """One UTF-8 file per sample, line endings exactly as in the sample."""
         paths = numbered_paths(path, len(samples), self.file_suffix)
@@ -256,6 +285,16 @@ class BPETokenizer(Tokenizer):
     def load(cls, directory: str | Path) -> BPETokenizer:
         settings = read_json_object(Path(directory) / SETTINGS_FILE, f"settings written by {cls.__name__}.save")
         return cls.from_file(Path(directory) / TOKENIZER_FILE, **settings)
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A text file's pieces (``read_text_pieces``), read afresh each time they are iterated."""
+
+    path: Path
+
+    def __iter__(self) -> Iterator[str]:
+        return read_text_pieces(self.path)
 
 
 def _counting_texts(samples: Iterable[str], seen: list[int]) -> Iterator[str]:

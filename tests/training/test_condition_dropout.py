@@ -12,7 +12,8 @@ import torch
 import armm
 from armm.layout import VocabLayout
 from armm.tokenizer import ByteTokenizer
-from armm.training.data import IGNORE_INDEX, ConditionDropout, PaddedSamples, ResumableSampler, TokenDataModule
+from armm.training.augment import ConditionDropout, TrainingItems
+from armm.training.data import IGNORE_INDEX, PaddedSamples, ResumableSampler, TokenDataModule
 from armm_image.digits import DIGIT_WORDS, caption, digits_for
 from armm_image.pixels import PixelTokenizer
 
@@ -38,6 +39,11 @@ def padded_rows(layout: VocabLayout, count: int) -> tuple[PaddedSamples, list[li
     return PaddedSamples(rows, layout.pad_id), docs
 
 
+def dropout_items(samples: PaddedSamples, layout: VocabLayout, part: str, p: float, seed: int) -> TrainingItems:
+    """Training items of ``samples`` whose condition ``part`` is dropped with probability ``p``."""
+    return TrainingItems(samples, seed, dropout=ConditionDropout(layout, part, p))
+
+
 def without_caption(doc: list[int], layout: VocabLayout) -> list[int]:
     """The document with its text span (begin … end) replaced by null, found by scanning."""
     text = layout.span("text")
@@ -61,7 +67,7 @@ def test_the_condition_is_dropped_at_rate_p_and_the_rows_stay_well_formed():
     samples, docs = padded_rows(layout, 50)
     width = samples.rows.shape[1]
     p, keys = 0.3, 2000
-    data = ConditionDropout(samples, layout, "text", p, seed=0)
+    data = dropout_items(samples, layout, "text", p, seed=0)
     assert len(data) == 50
     count = 0
     for key in range(keys):
@@ -87,9 +93,9 @@ def test_the_condition_is_dropped_at_rate_p_and_the_rows_stay_well_formed():
 def test_the_draw_depends_on_the_key_and_seed_only():
     layout = small_layout()
     samples, _ = padded_rows(layout, 40)
-    first = ConditionDropout(samples, layout, "text", 0.5, seed=3)
-    again = ConditionDropout(samples, layout, "text", 0.5, seed=3)  # a resumed run rebuilds the dataset
-    other_seed = ConditionDropout(samples, layout, "text", 0.5, seed=4)
+    first = dropout_items(samples, layout, "text", 0.5, seed=3)
+    again = dropout_items(samples, layout, "text", 0.5, seed=3)  # a resumed run rebuilds the dataset
+    other_seed = dropout_items(samples, layout, "text", 0.5, seed=4)
     keys = [17, 3, 1999, 17, 40, 0]
     for key in keys:
         a, b = first[key], again[key]
@@ -103,7 +109,7 @@ def test_each_pass_over_the_data_draws_anew():
     layout = small_layout()
     size, passes, p = 200, 10, 0.3
     samples, _ = padded_rows(layout, size)
-    data = ConditionDropout(samples, layout, "text", p, seed=0)
+    data = dropout_items(samples, layout, "text", p, seed=0)
     drops = np.array([[dropped(data[epoch * size + i]) for i in range(size)] for epoch in range(passes)])
     assert abs(drops.mean() - p) < 4.5 * math.sqrt(p * (1 - p) / drops.size)
     # the same sample in consecutive passes: dropped in both about p² of the time, as independent draws would be
@@ -115,9 +121,8 @@ def test_each_pass_over_the_data_draws_anew():
 
 def test_dropout_of_a_part_the_layout_lacks_is_refused():
     layout = small_layout()
-    samples, _ = padded_rows(layout, 4)
     with pytest.raises(ValueError, match="no part 'caption'.*text, image"):
-        ConditionDropout(samples, layout, "caption", 0.1, seed=0)
+        ConditionDropout(layout, "caption", 0.1)
 
 
 # --- ResumableSampler(keyed=True) -------------------------------------------------------------------------------
@@ -140,7 +145,7 @@ def test_keyed_sampling_yields_pass_times_size_plus_index_in_the_same_order(star
 def test_a_resumed_keyed_run_drops_the_same_samples():
     layout = small_layout()
     samples, _ = padded_rows(layout, 9)
-    data = ConditionDropout(samples, layout, "text", 0.5, seed=1)
+    data = dropout_items(samples, layout, "text", 0.5, seed=1)
     uninterrupted = [k for k, _ in zip(ResumableSampler(9, seed=1, keyed=True), range(30))]
     resumed = [k for k, _ in zip(ResumableSampler(9, seed=1, start=12, keyed=True), range(18))]
     assert resumed == uninterrupted[12:]

@@ -2,12 +2,15 @@
 
 The data is a Markov chain with an obvious pattern: after each base comes the next one of the cycle
 A → C → G → T → A with probability 0.9, else one of the other three bases. Its entropy is
-0.435 nats per base; guessing uniformly costs log 4 = 1.386. Run: ``python train.py``.
+0.435 nats per base; guessing uniformly costs log 4 = 1.386. Run: ``python train.py``, or
+``python train.py --reads reads`` to write files of reads for ``armm fit -c dna.yaml``.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +47,14 @@ def train(model: armm.Transformer, tok: armm.Tokenizer, sequences: list[str], st
     return losses
 
 
+def write_reads(folder: str | Path, files: int = 8, reads: int = 250, length: int = 64, seed: int = 0) -> None:
+    """``files`` text files of ``reads`` sequences of the chain, one per line: data for ``armm fit``."""
+    folder, rng = Path(folder), random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(files):
+        (folder / f"reads-{index}.txt").write_text("".join(markov_dna(length, rng) + "\n" for _ in range(reads)))
+
+
 def main() -> None:
     torch.manual_seed(0)
     tok = armm.get_plugins().tokenizers.get("dna")()  # found through the entry point
@@ -60,4 +71,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reads", metavar="FOLDER", help="write files of reads there instead of training")
+    folder = parser.parse_args().reads
+    if folder:
+        write_reads(folder)
+    else:
+        main()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 import armm
 from armm.files import find_files, numbered_paths, read_text
 
 BASES = "ACGTN"
+COMPLEMENT = np.array([3, 2, 1, 0, 4])  # A↔T, C↔G, N stays N
 
 
 class DNATokenizer(armm.Tokenizer):
@@ -19,6 +23,7 @@ class DNATokenizer(armm.Tokenizer):
     modality = "dna"
     unit = "base"  # what `armm score` reports "bits per base" over
     file_suffix = ".txt"  # what `write` produces: one sequence per line
+    read_suffixes = (".txt",)  # the files `read` takes in a folder: training reads them one by one
 
     _ids = {base: i for i, base in enumerate(BASES)} | {base.lower(): i for i, base in enumerate(BASES)}
 
@@ -46,10 +51,23 @@ class DNATokenizer(armm.Tokenizer):
     def num_units(self, sample: str) -> int:
         return len(sample)
 
+    def augment(self, ids: np.ndarray, rng: random.Random) -> np.ndarray:
+        """Half the training windows as their reverse complement (a read may come from either strand). Each run
+        of bases between special tokens is turned on its own, so bos and eos stay where they are."""
+        if rng.random() < 0.5:
+            return ids
+        out = ids.copy()
+        bases = ids < len(BASES)
+        out[bases] = COMPLEMENT[ids[bases]]
+        specials = np.flatnonzero(~bases)
+        for start, end in zip([0, *(specials + 1)], [*specials, len(ids)]):
+            out[start:end] = out[start:end][::-1].copy()
+        return out
+
     def read(self, source: str | Path) -> list[str]:
         """One sample per non-blank line of every .txt file in ``source`` (a file, a folder or a glob)."""
         samples = []
-        for path in find_files(source, (".txt",), what="DNA text files"):
+        for path in find_files(source, self.read_suffixes, what="DNA text files"):
             found = len(samples)
             for number, line in enumerate(read_text(path).splitlines(), start=1):
                 line = line.strip()
