@@ -39,7 +39,7 @@ from armm.training.augment import ConditionDropout, TrainingItems, augmentation
 from armm.training.chat_data import (
     Messages, chat_template_for, conversations_of, pack_conversations, read_conversations, rendered_texts,
 )
-from armm.training.prepare import Source, document_split, prepare_splits
+from armm.training.prepare import Source, document_split, ids_dtype, prepare_splits
 
 IGNORE_INDEX = -100
 CACHE_FORMAT = 3  # part of the cache key: a new format never reads an old cache
@@ -268,8 +268,8 @@ class TokenDataModule(L.LightningDataModule):
         (tmp / "tokenizer").mkdir(parents=True, exist_ok=True)
         splits = self._prepare_chat(tmp, tokenizer) if self.template is not None else self._prepare_documents(tmp, tokenizer)
         tokenizer.save(tmp / "tokenizer")
-        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-        meta = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.__name__, **splits}
+        dtype = ids_dtype(tokenizer.vocab_size)
+        meta = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, **splits}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         tmp.replace(cache)
 
@@ -290,7 +290,7 @@ class TokenDataModule(L.LightningDataModule):
         train, val = self._split(self._read_samples(tokenizer))
         if tokenizer.needs_fit:
             tokenizer.fit(rendered_texts(train, self.template))
-        dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
+        dtype = ids_dtype(tokenizer.vocab_size)
         return {split: self._save_chat(directory, split, docs, tokenizer, dtype) for split, docs in (("train", train), ("val", val))}
 
     def setup(self, stage: str | None = None) -> None:
@@ -398,7 +398,7 @@ class TokenDataModule(L.LightningDataModule):
         return PaddedSamples(array, self.tokenizer.pad_id)
 
     def _save_chat(self, directory: Path, split: str, conversations: list[Messages], tokenizer: Tokenizer,
-                   dtype: type) -> dict[str, int]:
+                   dtype: np.dtype) -> dict[str, int]:
         """Write a split of conversations: the token stream and its scored flags (``<split>_scored.npy``)."""
         packed = pack_conversations(conversations, self.template, tokenizer)
         np.save(directory / f"{split}.npy", packed.tokens.astype(dtype))

@@ -299,6 +299,11 @@ def auto_workers(tokenizer: Tokenizer, source: Source) -> int:
 
 
 # --- splitting ---------------------------------------------------------------------------------------------------
+def ids_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned integer type that holds every id of a ``vocab_size`` vocabulary (uint16 or uint32)."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
 def document_split(count: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) document indices: ``val_fraction`` of ``count`` (at least one) drawn by the seeded permutation,
     each in the permutation's order."""
@@ -415,7 +420,7 @@ def prepare_splits(tokenizer: Tokenizer, data: Source, directory: Path, *, layou
             tokenizer.fit(fitting_texts(tokenizer, data, keep))
     if layout == "samples" and tokenizer.pad_id is None:
         raise ValueError(f"layout 'samples' needs a pad token, and tokenizer {tokenizer.name!r} has none")
-    dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32)
+    dtype = ids_dtype(tokenizer.vocab_size)
 
     def encode(source: Source, name: str) -> Encoded:
         chosen = auto_workers(tokenizer, source) if workers is None else workers
