@@ -288,7 +288,13 @@ class VocabLayout(Tokenizer):
     def write(self, samples: Sequence[Sequence[Part]], path: str | Path) -> list[Path]:
         """One JSON Lines manifest at ``path`` (suffix ``.jsonl``) in the format ``read`` takes: a text part inline,
         any other part as a file its plugin writes beside it (``<stem>-<sample>-<part>-<name>.<suffix>``).
-        Returns the manifest, then the part files."""
+        Returns the manifest, then the part files. When ``path`` ends with the file suffix of one part's plugin
+        (``seven.wav`` for an audio part), only that part of each sample is written, by its plugin, as that plugin
+        names files."""
+        part = self._part_written_as(Path(path).suffix)
+        if part is not None:
+            return self.span(part).tokenizer.write([self._only_part(sample, part, i) for i, sample in
+                                                    enumerate(samples)], path)
         manifest = Path(path).with_suffix(self.file_suffix)
         lines, written = [], []
         for i, parts in enumerate(samples):
@@ -305,6 +311,21 @@ class VocabLayout(Tokenizer):
             lines.append(json.dumps(items, ensure_ascii=False))
         manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return [manifest, *written]
+
+    def _part_written_as(self, suffix: str) -> str | None:
+        """The one non-text part whose plugin writes files ending in ``suffix``, if exactly one does."""
+        parts = [name for name, tokenizer in self.parts.items()
+                 if tokenizer.file_suffix == suffix and suffix != self.file_suffix and not tokenizer.decodes_text]
+        return parts[0] if len(parts) == 1 else None
+
+    @staticmethod
+    def _only_part(sample: Sequence[Part], name: str, index: int) -> Any:
+        found = [part.sample for part in sample if part.name == name]
+        if len(found) != 1:
+            raise ValueError(f"sample {index} holds {len(found)} {name!r} parts, so it cannot be written as one "
+                             f"{name} file (generation may have stopped early: raise --max-new-tokens), or write "
+                             f"a .jsonl manifest of every part instead")
+        return found[0]
 
     # --- decoding inside the grammar ----------------------------------------------------------------------
     def span_state(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -335,8 +356,9 @@ class VocabLayout(Tokenizer):
         row = torch.where(part >= 0, part, len(self.spans))  # the last table row is "between spans"
         length = tables["length"][row]
         fixed = length >= 0
-        allowed = tables["open"][row]
-        allowed = torch.where((fixed & (count < length))[:, None], tables["content"][row], allowed)
+        content = tables["content"][row, count % tables["period"][row]]  # (B, V): the content ids of this position
+        allowed = content | tables["close"][row]
+        allowed = torch.where((fixed & (count < length))[:, None], content, allowed)
         allowed = torch.where((fixed & (count >= length))[:, None], tables["close"][row], allowed)
         extra = (vocab_size or self.vocab_size) - self.vocab_size
         if extra < 0:
@@ -348,19 +370,24 @@ class VocabLayout(Tokenizer):
             P, V = len(self.spans), self.vocab_size
             begin_part = torch.full((V + 1,), -1, dtype=torch.long)
             is_end = torch.zeros(V + 1, dtype=torch.bool)
-            content = torch.zeros(P + 1, V, dtype=torch.bool)  # row P: between spans (nothing is content)
+            cycles = [span.tokenizer.content_cycle or [None] for span in self.spans.values()]
+            period = torch.tensor([len(cycle) for cycle in cycles] + [1])
+            # content[p, i]: the ids part p may hold at content position i (mod its period); row P: between spans
+            content = torch.zeros(P + 1, int(period.max()), V, dtype=torch.bool)
             close = torch.zeros(P + 1, V, dtype=torch.bool)
             length = torch.full((P + 1,), -1, dtype=torch.long)
-            for index, span in enumerate(self.spans.values()):
+            for index, (span, cycle) in enumerate(zip(self.spans.values(), cycles)):
                 begin_part[span.begin_id] = index
                 is_end[span.end_id] = True
-                content[index, span.content_ids] = True
+                for phase, local_ids in enumerate(cycle):
+                    ids = span.content_ids if local_ids is None else [span.offset + i for i in local_ids]
+                    content[index, phase, ids] = True
                 close[index, span.end_id] = True
                 close[P, span.begin_id] = True
                 length[index] = -1 if span.length is None else span.length
             close[P, self.eos_id] = True  # between spans: open a span, or end the sequence
             tables = {"begin_part": begin_part, "is_end": is_end, "content": content, "close": close,
-                      "open": content | close, "length": length}
+                      "period": period, "length": length}
             self._tables[device] = {key: value.to(device) for key, value in tables.items()}
         return self._tables[device]
 

@@ -125,6 +125,13 @@ class Tokenizer(ABC):
         return None
 
     @property
+    def content_cycle(self) -> list[range] | None:
+        """Which ids may stand at each position of a sample, in turn, when the positions cycle through groups: content
+        position i holds an id of ``content_cycle[i % len(content_cycle)]`` (an audio codec's K codebooks, frame by
+        frame). A mixed layout keeps sampling inside the cycle; None (default): any content id anywhere."""
+        return None
+
+    @property
     def needs_fit(self) -> bool:
         """True while a trainable tokenizer has no vocabulary yet (training fits it first)."""
         return False

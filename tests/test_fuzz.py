@@ -22,7 +22,7 @@ from armm.classes import ClassTokenizer
 from armm.layout import VocabLayout
 from armm.sampling import parse_spec
 from armm.tokenizer import Tokenizer
-from armm_audio import MuLawTokenizer
+from armm_audio import CodecTokenizer, MuLawTokenizer
 from armm_code import CodeTokenizer
 from armm_image import PixelTokenizer, VQTokenizer
 from armm_protein import ALPHABET, ProteinTokenizer
@@ -43,7 +43,8 @@ def make_tokenizers() -> dict[str, Tokenizer]:
     vq = VQTokenizer(size=8, channels=1, downsample=2, codebook_size=16, code_dim=4, hidden=8, res_blocks=1)
     return {"bytes": armm.ByteTokenizer(), "classes": ClassTokenizer(["zero", "one", "thank you"]), "text-bpe": text, "code-bpe": code, "protein": ProteinTokenizer(),
             "audio-mulaw": MuLawTokenizer(bits=8), "image-pixels": PixelTokenizer(size=4, channels=3, bits=5),
-            "image-vq": vq}
+            "image-vq": vq, "audio-codec": CodecTokenizer(clip_seconds=0.1, hop=80, num_codebooks=2, codebook_size=8,
+                                                          code_dim=4, channels=8, layers=1)}
 
 
 TOKENIZERS = make_tokenizers()
@@ -56,7 +57,7 @@ def test_every_registered_tokenizer_is_fuzzed():
 def assert_is_a_sample(tokenizer: Tokenizer, sample: object) -> None:
     if tokenizer.name in TEXT_KINDS:
         assert isinstance(sample, str)
-    elif tokenizer.name == "audio-mulaw":
+    elif tokenizer.name in ("audio-mulaw", "audio-codec"):
         assert sample.dtype == torch.float32 and sample.ndim == 1 and bool(sample.abs().le(1).all())
     else:
         assert sample.dtype == torch.uint8 and tuple(sample.shape) == tokenizer.shape

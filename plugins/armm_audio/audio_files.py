@@ -36,3 +36,23 @@ def write_wav(path: str | Path, sample: torch.Tensor, sample_rate: int) -> None:
     import soundfile
 
     soundfile.write(path, as_waveform(sample).numpy(), sample_rate, subtype="PCM_16", format="WAV")
+
+
+def read_clips(source: str | Path, sample_rate: int, clip_seconds: float | None, *,
+               pad_last: bool = False) -> list[torch.Tensor]:
+    """Every audio file under ``source`` at ``sample_rate``, whole, or cut into consecutive clips of ``clip_seconds``
+    (the last one shorter, or padded with silence to a full clip when ``pad_last``)."""
+    from armm.files import find_files
+
+    clips = []
+    for path in find_files(source, READ_SUFFIXES, what="audio files"):
+        waveform = read_audio(path, sample_rate)
+        if clip_seconds is None:
+            clips.append(waveform)
+            continue
+        length = int(clip_seconds * sample_rate)
+        pieces = list(torch.split(waveform, length))
+        if pad_last and len(pieces[-1]) < length:
+            pieces[-1] = torch.nn.functional.pad(pieces[-1], (0, length - len(pieces[-1])))
+        clips.extend(pieces)
+    return clips

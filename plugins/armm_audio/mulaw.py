@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from armm.files import find_files, numbered_paths, read_json_object
+from armm.files import numbered_paths, read_json_object
 from armm.tokenizer import Tokenizer
-from armm_audio.audio_files import READ_SUFFIXES, read_audio, write_wav
+from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_wav
 from armm_audio.waveform import as_waveform
 
 CONFIG_FILE = "audio_mulaw.json"
@@ -106,14 +106,7 @@ class MuLawTokenizer(Tokenizer):
         return f"μ-law {token} ≈ {math.copysign((math.exp(abs(x) * math.log1p(mu)) - 1) / mu, x):+.3g}"
 
     def read(self, source: str | Path) -> list[torch.Tensor]:
-        samples = []
-        for path in find_files(source, READ_SUFFIXES, what="audio files"):
-            waveform = read_audio(path, self.sample_rate)
-            if self.clip_seconds is None:
-                samples.append(waveform)
-            else:
-                samples.extend(torch.split(waveform, int(self.clip_seconds * self.sample_rate)))
-        return samples
+        return read_clips(source, self.sample_rate, self.clip_seconds)
 
     def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
         paths = numbered_paths(path, len(samples), self.file_suffix)

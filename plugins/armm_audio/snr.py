@@ -1,6 +1,6 @@
-"""Round-trip quality of ``audio-mulaw``: the SNR of decode(encode(x)) against x, for speech and a pure tone.
-
-Run ``python -m armm_audio.snr`` (needs ``espeak-ng`` on PATH for the speech column).
+"""Round-trip quality of audio tokenizers: the SNR of decode(encode(x)) against x, and a log-mel spectral distance
+(what a codec that does not keep phase is judged by). ``python -m armm_audio.snr`` prints mu-law's SNR for speech and
+a pure tone (needs ``espeak-ng`` on PATH for the speech column).
 """
 
 from __future__ import annotations
@@ -21,6 +21,21 @@ def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     """Signal-to-noise ratio in dB: 10 log10(Σ reference² / Σ (reference − estimate)²)."""
     reference, estimate = reference.double(), estimate.double()
     return 10 * math.log10(reference.square().sum().item() / (reference - estimate).square().sum().item())
+
+
+def log_mel_distance(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: int, n_mels: int = 40,
+                     dynamic_range_db: float = 50.0) -> float:
+    """Mean |dB(mel(x̂)) − dB(mel(x))| over mel bins and frames, in dB: mel power spectra (window 32 ms, hop 8 ms),
+    floored at ``dynamic_range_db`` below the reference's loudest bin, so noise too quiet to matter in silence
+    does not count. Waveforms ``[L]`` or ``[N, L]`` of the same shape."""
+    import torchaudio
+
+    n_fft = 2 ** round(math.log2(0.032 * sample_rate))
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate, n_fft=n_fft, hop_length=n_fft // 4, n_mels=n_mels)
+    reference_mel, estimate_mel = mel(reference.float()), mel(estimate.float())
+    floor = reference_mel.amax() * 10 ** (-dynamic_range_db / 10)
+    decibels = lambda power: 10 * torch.log10(power.clamp(min=floor))  # noqa: E731
+    return (decibels(estimate_mel) - decibels(reference_mel)).abs().mean().item()
 
 
 def round_trip_snr(tokenizer: MuLawTokenizer, waveform: torch.Tensor) -> float:

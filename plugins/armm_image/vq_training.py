@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from armm.training.tokenizer_fit import fit_tokenizer_module
 from armm_image.vqvae import VQVAE
 
 
@@ -31,21 +27,6 @@ class VQVAETraining(L.LightningModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence Lightning's banners and tips and its warnings about a small CPU data loader."""
-    log = logging.getLogger("lightning.pytorch")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
-            yield
-    finally:
-        log.setLevel(level)
-
-
 def train_vqvae(
     model: VQVAE,
     images: torch.Tensor,
@@ -59,23 +40,8 @@ def train_vqvae(
     accelerator: str,
 ) -> None:
     """Train ``model`` in place on float images [N, C, H, W] in [-1, 1] for ``steps`` optimizer steps or ``epochs``."""
-    if (steps is None) == (epochs is None):
-        raise ValueError(f"give exactly one of steps or epochs, got steps={steps}, epochs={epochs}")
     loader = DataLoader(
         TensorDataset(images), batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
-    model.train()
-    with _quiet(), torch.random.fork_rng():
-        torch.manual_seed(seed)  # dead-code restarts draw from the global generator
-        trainer = L.Trainer(
-            accelerator=accelerator,
-            devices=1,
-            max_steps=steps if steps is not None else -1,
-            max_epochs=epochs if epochs is not None else -1,
-            enable_checkpointing=False,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(VQVAETraining(model, lr, beta), loader)
-    model.cpu().eval()
+    fit_tokenizer_module(VQVAETraining(model, lr, beta), loader, steps=steps, epochs=epochs, seed=seed,
+                         accelerator=accelerator)

@@ -1,65 +1,14 @@
 """A small VQ-VAE (van den Oord et al. 2017): conv encoder → nearest-neighbour codebook → conv decoder.
 
-The codebook learns by exponential moving averages of the encoder outputs assigned to each code
-(Razavi et al. 2019), and a code whose moving-average usage falls below ``dead_code_threshold``
-restarts at a random encoder output of the current batch.
+The codebook is core's ``armm.quantize.VectorQuantizer`` (EMA updates, dead-code restarts).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-
-class VectorQuantizer(nn.Module):
-    """Maps vectors [B, D, h, w] to their nearest of ``codebook_size`` codes, updating the codebook in training mode."""
-
-    def __init__(
-        self, codebook_size: int, dim: int, decay: float = 0.99, dead_code_threshold: float = 1.0, eps: float = 1e-5
-    ) -> None:
-        super().__init__()
-        self.decay, self.dead_code_threshold, self.eps = decay, dead_code_threshold, eps
-        codebook = torch.randn(codebook_size, dim)
-        self.register_buffer("codebook", codebook)
-        self.register_buffer("usage", torch.ones(codebook_size))  # EMA of vectors assigned per batch
-        self.register_buffer("code_sum", codebook.clone())  # EMA of their sum
-
-    def codes(self, z: torch.Tensor) -> torch.Tensor:
-        """[B, D, h, w] → nearest code per position [B, h, w] (squared Euclidean distance)."""
-        flat = rearrange(z, "b d h w -> (b h w) d")
-        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.T + self.codebook.pow(2).sum(1)
-        return rearrange(distances.argmin(1), "(b h w) -> b h w", b=z.shape[0], h=z.shape[2])
-
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, h, w] → code vectors [B, D, h, w]."""
-        return rearrange(self.codebook[codes], "b h w d -> b d h w")
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """→ (quantised z with straight-through gradients, codes [B, h, w], commitment loss ||z - sg(e)||²)."""
-        codes = self.codes(z)
-        quantized = self.lookup(codes)
-        if self.training:
-            self._update(z.detach(), codes)
-        commitment = F.mse_loss(z, quantized.detach())
-        return z + (quantized - z).detach(), codes, commitment
-
-    @torch.no_grad()
-    def _update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
-        flat = rearrange(z, "b d h w -> (b h w) d")
-        assigned = F.one_hot(rearrange(codes, "b h w -> (b h w)"), len(self.codebook)).type_as(flat)  # [(b h w), K]
-        self.usage.lerp_(assigned.sum(0), 1 - self.decay)
-        self.code_sum.lerp_(assigned.T @ flat, 1 - self.decay)
-        total = self.usage.sum()
-        smoothed = (self.usage + self.eps) / (total + len(self.usage) * self.eps) * total  # Laplace smoothing
-        self.codebook.copy_(self.code_sum / smoothed[:, None])
-        dead = self.usage < self.dead_code_threshold
-        if dead.any():
-            restart = flat[torch.randint(len(flat), (int(dead.sum()),), device=flat.device)]
-            self.codebook[dead] = restart
-            self.code_sum[dead] = restart
-            self.usage[dead] = 1.0
+from armm.quantize import VectorQuantizer
 
 
 class ResidualBlock(nn.Module):

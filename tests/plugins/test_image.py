@@ -12,7 +12,6 @@ import armm
 from armm.testing import TokenizerContract
 from armm_image import PixelTokenizer, VQTokenizer, load_digits_images
 from armm_image.metrics import code_usage, mse, psnr
-from armm_image.vqvae import VectorQuantizer
 
 VQ_OPTIONS = dict(size=8, channels=1, downsample=2, codebook_size=32, code_dim=8, hidden=32, res_blocks=1, seed=0)
 VQ_PSNR_BAR = 18.0  # dB on held-out 8x8 digits: the trained model reaches ~21, an untrained one ~7.5
@@ -459,20 +458,6 @@ def test_vq_encode_is_the_nearest_code_of_each_cell_in_raster_order(trained_vq, 
             distances = [((z[:, y, x] - code) ** 2).sum().item() for code in codebook]
             expected.append(distances.index(min(distances)))
     assert trained_vq.encode(image) == expected
-
-
-def test_ema_step_with_no_memory_moves_each_used_code_to_the_mean_of_its_vectors():
-    torch.manual_seed(0)
-    quantizer = VectorQuantizer(codebook_size=6, dim=3, decay=0.0, dead_code_threshold=0.5).train()
-    z = torch.randn(2, 3, 4, 4)
-    codes = quantizer.codes(z).flatten()
-    vectors = z.permute(0, 2, 3, 1).reshape(-1, 3)
-    quantizer(z)
-    for k in range(6):
-        if (codes == k).any():
-            torch.testing.assert_close(quantizer.codebook[k], vectors[codes == k].mean(0), rtol=1e-4, atol=1e-4)
-        else:  # a dead code restarts at one of the batch's vectors
-            assert (quantizer.codebook[k] == vectors).all(dim=1).any()
 
 
 def test_straight_through_gradients_reach_the_encoder():

@@ -1,0 +1,255 @@
+"""The ``audio-codec`` tokenizer: a learned neural codec's residual-VQ codes, K codebooks a frame, frame by frame."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from armm.files import numbered_paths, read_json_object
+from armm.tokenizer import Tokenizer
+from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_wav
+from armm_audio.codec_model import AudioCodec
+from armm_audio.waveform import as_waveform
+
+CONFIG_FILE = "audio_codec.json"
+WEIGHTS_FILE = "audio_codec.safetensors"
+
+
+class CodecTokenizer(Tokenizer):
+    """Audio as the codes of ``AudioCodec`` (a convolutional encoder, residual vector quantisation, an inverse-STFT
+    decoder), trained by ``fit`` on the training clips: ``sample_rate / hop`` frames a second, each frame
+    ``num_codebooks`` ids, codebook k's code c being id ``k · codebook_size + c``; then bos, eos, pad.
+
+    A sample is a 1-D float32 waveform in [-1, 1] at ``sample_rate``, as for ``audio-mulaw``. Lossy: ``decode``
+    returns the decoder's reconstruction, ``hop`` samples a frame (a waveform is padded with silence to whole frames,
+    or to ``clip_seconds`` when set). The unit is the audio sample, so bits per sample compare with ``audio-mulaw``.
+    A new tokenizer holds a randomly initialised codec (seeded by ``seed``) and ``needs_fit`` until ``fit``.
+
+    Args:
+        sample_rate: Rate (Hz) that ``read`` resamples every file to and ``write`` records.
+        clip_seconds: If set, every sample is one clip this long: ``read`` cuts files into clips (padding the last
+            with silence), ``encode`` pads shorter waveforms, and every sample has the same number of ids.
+        hop: Samples a frame (160 at 8 kHz: 50 frames a second).
+        num_codebooks: K, residual codebooks a frame; ids a second = K · sample_rate / hop.
+        codebook_size: Codes in each codebook (bits a frame = K · log2 of it).
+        code_dim, channels, layers: Width of the codes, of the convolutions, and residual units in encoder and decoder.
+        ema_decay, dead_code_threshold: Codebook moving-average decay; codes used less than this restart.
+        seed: Seeds the codec's initial weights.
+        fit_steps: Optimizer steps ``fit`` trains for unless told otherwise.
+    """
+
+    name = "audio-codec"
+    modality = "audio"
+    unit = "sample"
+    file_suffix = ".wav"
+    read_suffixes = READ_SUFFIXES
+
+    def __init__(
+        self,
+        sample_rate: int = 8000,
+        clip_seconds: float | None = 1.0,
+        hop: int = 160,
+        num_codebooks: int = 4,
+        codebook_size: int = 256,
+        code_dim: int = 64,
+        channels: int = 192,
+        layers: int = 6,
+        ema_decay: float = 0.99,
+        dead_code_threshold: float = 1.0,
+        seed: int = 0,
+        fit_steps: int = 1000,
+    ) -> None:
+        for option, value in (("sample_rate", sample_rate), ("hop", hop), ("num_codebooks", num_codebooks),
+                              ("codebook_size", codebook_size), ("code_dim", code_dim), ("channels", channels),
+                              ("layers", layers), ("fit_steps", fit_steps)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{option} must be a positive integer, got {value!r}")
+        if clip_seconds is not None and not clip_seconds * sample_rate >= hop:
+            raise ValueError(f"clip_seconds must hold at least one frame of hop={hop} samples at {sample_rate} Hz, "
+                             f"got {clip_seconds!r}")
+        self.config = {
+            "sample_rate": sample_rate, "clip_seconds": clip_seconds, "hop": hop, "num_codebooks": num_codebooks,
+            "codebook_size": codebook_size, "code_dim": code_dim, "channels": channels, "layers": layers,
+            "ema_decay": ema_decay, "dead_code_threshold": dead_code_threshold, "seed": seed, "fit_steps": fit_steps,
+        }  # fmt: skip
+        self.sample_rate, self.clip_seconds, self.hop = sample_rate, clip_seconds, hop
+        self.num_codebooks, self.codebook_size = num_codebooks, codebook_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = AudioCodec(hop, channels, layers, code_dim, num_codebooks, codebook_size, ema_decay,
+                                    dead_code_threshold).eval()  # fmt: skip
+        self.fitted = False
+
+    # --- the id space ---------------------------------------------------------------------------------
+    @property
+    def num_codes(self) -> int:
+        """Content ids: every codebook's codes."""
+        return self.num_codebooks * self.codebook_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_codes + 3
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {"bos": self.num_codes, "eos": self.num_codes + 1, "pad": self.num_codes + 2}
+
+    @property
+    def needs_fit(self) -> bool:
+        return not self.fitted
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.sample_rate / self.hop
+
+    @property
+    def clip_samples(self) -> int | None:
+        """Samples a clip, rounded up to whole frames (None without ``clip_seconds``)."""
+        if self.clip_seconds is None:
+            return None
+        return math.ceil(round(self.clip_seconds * self.sample_rate) / self.hop) * self.hop
+
+    @property
+    def sample_length(self) -> int | None:
+        return None if self.clip_samples is None else self.clip_samples // self.hop * self.num_codebooks
+
+    @property
+    def content_cycle(self) -> list[range]:
+        """Frame by frame, codebook 0's ids, then codebook 1's, …: sampling in a mixed layout keeps to this order."""
+        return [range(k * self.codebook_size, (k + 1) * self.codebook_size) for k in range(self.num_codebooks)]
+
+    def token_name(self, token: int) -> str | None:
+        """``"codebook 2 code 17"``, for ``armm inspect``."""
+        if not 0 <= token < self.num_codes:
+            return None
+        return f"codebook {token // self.codebook_size} code {token % self.codebook_size}"
+
+    # --- waveforms ↔ codes ----------------------------------------------------------------------------
+    def frames(self, sample: Any) -> torch.Tensor:
+        """A waveform → float32 ``[L]`` padded with silence to whole frames (to ``clip_samples`` when set)."""
+        waveform = as_waveform(sample)
+        target = self.clip_samples or math.ceil(len(waveform) / self.hop) * self.hop
+        if len(waveform) > target:
+            raise ValueError(f"an audio-codec sample is at most one clip of clip_seconds={self.clip_seconds} "
+                             f"({target} samples at {self.sample_rate} Hz), got {len(waveform)} samples; "
+                             "cut it into clips first (read() does)")
+        return torch.nn.functional.pad(waveform, (0, target - len(waveform)))
+
+    @torch.no_grad()
+    def codes(self, samples: Sequence[Any]) -> list[torch.Tensor]:
+        """Waveforms → codes ``[K, frames]`` each (samples of one length are encoded as one batch)."""
+        waveforms = [self.frames(sample) for sample in samples]
+        by_length: dict[int, list[int]] = {}
+        for i, waveform in enumerate(waveforms):
+            by_length.setdefault(len(waveform), []).append(i)
+        out: list[torch.Tensor] = [torch.empty(0)] * len(waveforms)
+        for length, indices in by_length.items():
+            if length == 0:
+                for i in indices:
+                    out[i] = torch.zeros(self.num_codebooks, 0, dtype=torch.long)
+                continue
+            batch = torch.stack([waveforms[i] for i in indices])[:, None]  # (N, 1, L)
+            for i, codes in zip(indices, self.model.encode(batch)):
+                out[i] = codes
+        return out
+
+    def ids_of(self, codes: torch.Tensor) -> list[int]:
+        """Codes ``[K, frames]`` → ids frame by frame: codebook k's code c is k · codebook_size + c."""
+        offsets = torch.arange(self.num_codebooks)[:, None] * self.codebook_size
+        return (codes + offsets).T.reshape(-1).tolist()  # (frames, K) flattened
+
+    def encode(self, sample: Any) -> list[int]:
+        return self.ids_of(self.codes([sample])[0])
+
+    def encode_batch(self, samples: Sequence[Any]) -> list[list[int]]:
+        return [self.ids_of(codes) for codes in self.codes(samples)]
+
+    @torch.no_grad()
+    def decode(self, ids: Sequence[int]) -> torch.Tensor:
+        """Content ids → waveform, ``hop`` samples a frame. Position i of the content is codebook ``i % K`` of frame
+        ``i // K`` (an id of another codebook there counts as its code number); a last, partial frame decodes with
+        the codebooks it has."""
+        self.check_ids(ids)
+        content = torch.tensor([token for token in ids if token < self.num_codes], dtype=torch.long)
+        frames = math.ceil(len(content) / self.num_codebooks)
+        if frames == 0:
+            return torch.zeros(0)
+        slots = torch.full((frames * self.num_codebooks,), -1, dtype=torch.long)
+        slots[: len(content)] = content % self.codebook_size
+        codes = slots.view(frames, self.num_codebooks).T  # (K, frames); -1: missing
+        quantized = sum(
+            layer.codebook[codes[k].clamp(min=0)].T * (codes[k] >= 0)  # (code_dim, frames)
+            for k, layer in enumerate(self.model.quantizer.layers)
+        )
+        return self.model.decode_vectors(quantized[None])[0, 0].clamp(-1.0, 1.0)
+
+    def num_units(self, sample: Any) -> int:
+        return len(self.frames(sample))
+
+    # --- fitting, files, persistence --------------------------------------------------------------------
+    def fit(
+        self,
+        samples: Iterable[Any],
+        *,
+        steps: int | None = None,
+        epochs: int | None = None,
+        segment_seconds: float = 0.5,
+        batch_size: int = 16,
+        lr: float = 2e-3,
+        beta: float = 0.25,
+        seed: int = 0,
+        accelerator: str = "cpu",
+    ) -> None:
+        """Train the codec with Lightning on random ``segment_seconds`` crops of ``samples`` for ``steps`` optimizer
+        steps or ``epochs`` (neither: the ``fit_steps`` option); ``beta`` weighs the commitment loss."""
+        from armm_audio.codec_training import train_codec
+
+        if steps is None and epochs is None:
+            steps = self.config["fit_steps"]
+        segment = max(self.hop, round(segment_seconds * self.sample_rate) // self.hop * self.hop)
+        stream = torch.cat([as_waveform(sample) for sample in samples])
+        rows = len(stream) // (2 * segment)
+        if rows == 0:
+            raise ValueError(f"fitting audio-codec needs at least {2 * segment / self.sample_rate:g} s of audio, "
+                             f"got {len(stream) / self.sample_rate:g} s")
+        clips = stream[: rows * 2 * segment].view(rows, 2 * segment)  # crops of `segment` are drawn from each row
+        train_codec(self.model, clips, steps=steps, epochs=epochs, segment=segment, batch_size=batch_size, lr=lr,
+                    beta=beta, seed=seed, accelerator=accelerator)  # fmt: skip
+        self.fitted = True
+
+    def read(self, source: str | Path) -> list[torch.Tensor]:
+        return read_clips(source, self.sample_rate, self.clip_seconds, pad_last=True)
+
+    def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
+        paths = numbered_paths(path, len(samples), self.file_suffix)
+        for sample, target in zip(samples, paths):
+            write_wav(target, sample, self.sample_rate)
+        return paths
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CodecTokenizer:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        tokenizer = cls(**read_json_object(directory / CONFIG_FILE, "settings written by CodecTokenizer.save"))
+        try:
+            tokenizer.model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        except (SafetensorError, RuntimeError) as err:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE} is not an audio codec matching {directory / CONFIG_FILE} ({err})"
+            ) from None
+        tokenizer.fitted = True
+        return tokenizer
