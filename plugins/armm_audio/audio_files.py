@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -56,3 +57,13 @@ def read_clips(source: str | Path, sample_rate: int, clip_seconds: float | None,
             pieces[-1] = torch.nn.functional.pad(pieces[-1], (0, length - len(pieces[-1])))
         clips.extend(pieces)
     return clips
+
+
+def write_clips(samples: Sequence[torch.Tensor], path: str | Path, sample_rate: int) -> list[Path]:
+    """Waveforms → 16-bit WAV files named from ``path`` (``out.wav``, or ``out-0.wav``, ``out-1.wav``, …)."""
+    from armm.files import numbered_paths
+
+    paths = numbered_paths(path, len(samples), ".wav")
+    for sample, target in zip(samples, paths):
+        write_wav(target, sample, sample_rate)
+    return paths

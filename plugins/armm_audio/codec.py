@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from armm.files import numbered_paths, read_json_object
+from armm.files import read_json_object
 from armm.tokenizer import Tokenizer
-from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_wav
+from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_clips
 from armm_audio.codec_model import AudioCodec
 from armm_audio.waveform import as_waveform
 
@@ -226,10 +226,7 @@ class CodecTokenizer(Tokenizer):
         return read_clips(source, self.sample_rate, self.clip_seconds, pad_last=True)
 
     def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
-        paths = numbered_paths(path, len(samples), self.file_suffix)
-        for sample, target in zip(samples, paths):
-            write_wav(target, sample, self.sample_rate)
-        return paths
+        return write_clips(samples, path, self.sample_rate)
 
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file

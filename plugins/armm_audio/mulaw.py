@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from armm.files import numbered_paths, read_json_object
+from armm.files import read_json_object
 from armm.tokenizer import Tokenizer
-from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_wav
+from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_clips
 from armm_audio.waveform import as_waveform
 
 CONFIG_FILE = "audio_mulaw.json"
@@ -109,10 +109,7 @@ class MuLawTokenizer(Tokenizer):
         return read_clips(source, self.sample_rate, self.clip_seconds)
 
     def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
-        paths = numbered_paths(path, len(samples), self.file_suffix)
-        for sample, target in zip(samples, paths):
-            write_wav(target, sample, self.sample_rate)
-        return paths
+        return write_clips(samples, path, self.sample_rate)
 
     def save(self, directory: str | Path) -> None:
         config = {"sample_rate": self.sample_rate, "bits": self.bits, "clip_seconds": self.clip_seconds,
