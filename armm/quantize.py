@@ -56,12 +56,20 @@ class VectorQuantizer(nn.Module):
         self.initialized.fill_(True)  # trained codes: never re-drawn from a batch
 
     @torch.no_grad()
-    def _initialize(self, z: torch.Tensor) -> None:
-        """Codes start at random vectors of the first batch (data-dependent init, as EnCodec's k-means init)."""
+    def _initialize(self, z: torch.Tensor, iterations: int = 10) -> None:
+        """Codes start at the k-means centroids of the first batch's vectors (EnCodec's data-dependent init): random
+        vectors of the batch, then ``iterations`` Lloyd steps; a centroid left without vectors keeps its start."""
         flat = z.movedim(1, -1).reshape(-1, z.shape[1])  # (B·*, D)
-        picked = flat[torch.randint(len(flat), (len(self.codebook),), device=flat.device)]
-        self.codebook.copy_(picked)
-        self.code_sum.copy_(picked)
+        centroids = flat[torch.randint(len(flat), (len(self.codebook),), device=flat.device)]
+        for _ in range(iterations):
+            self.codebook.copy_(centroids)
+            assigned = F.one_hot(self.codes(z).reshape(-1), len(centroids)).type_as(flat)  # (B·*, N)
+            counts = assigned.sum(0)
+            means = assigned.T @ flat / counts.clamp(min=1)[:, None]
+            centroids = torch.where(counts[:, None] > 0, means, centroids)
+        self.codebook.copy_(centroids)
+        self.code_sum.copy_(centroids)
+        self.usage.fill_(1.0)
         self.initialized.fill_(True)
 
     @torch.no_grad()

@@ -22,13 +22,15 @@ def test_codes_are_the_nearest_code_for_any_trailing_shape(shape):
     torch.testing.assert_close(quantizer.lookup(codes), quantizer.codebook[codes].movedim(-1, 1))
 
 
-def test_the_first_training_batch_places_every_code_on_one_of_its_vectors():
+def test_the_first_training_batch_starts_the_codes_at_its_k_means_centroids():
     torch.manual_seed(0)
-    quantizer = VectorQuantizer(codebook_size=6, dim=3, decay=1.0).train()  # decay 1: the EMA keeps the init
-    z = torch.randn(2, 3, 10) * 50  # far from the randn codebook a fresh quantizer starts with
-    quantizer(z)
-    vectors = z.movedim(1, -1).reshape(-1, 3)
-    assert all((vectors == code).all(dim=1).any() for code in quantizer.codebook)
+    quantizer = VectorQuantizer(codebook_size=4, dim=3, decay=1.0).train()  # decay 1: the EMA keeps the init
+    centres = torch.tensor([[50.0, 0, 0], [0, 50, 0], [0, 0, 50], [-50, -50, -50]])
+    points = centres.repeat_interleave(10, 0) + torch.randn(40, 3)  # four tight clusters, far from randn codes
+    quantizer(points.T.reshape(1, 3, 40))
+    nearest = torch.cdist(points, quantizer.codebook).argmin(1)
+    for code in nearest.unique():  # Lloyd's fixed point: each used code is the mean of the vectors nearest to it
+        torch.testing.assert_close(quantizer.codebook[code], points[nearest == code].mean(0))
     before = quantizer.codebook.clone()
     quantizer(torch.randn(2, 3, 10))  # later batches do not re-initialise
     torch.testing.assert_close(quantizer.codebook, before)

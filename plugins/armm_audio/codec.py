@@ -21,8 +21,8 @@ WEIGHTS_FILE = "audio_codec.safetensors"
 
 
 class CodecTokenizer(Tokenizer):
-    """Audio as the codes of ``AudioCodec`` (a convolutional encoder, residual vector quantisation, an inverse-STFT
-    decoder), trained by ``fit`` on the training clips: ``sample_rate / hop`` frames a second, each frame
+    """Audio as the codes of ``AudioCodec`` (a convolutional encoder of log-magnitude spectra, residual vector
+    quantisation, a decoder of log magnitudes, Griffin-Lim phase), trained by ``fit`` on the training clips: ``sample_rate / hop`` frames a second, each frame
     ``num_codebooks`` ids, codebook k's code c being id ``k · codebook_size + c``; then bos, eos, pad.
 
     A sample is a 1-D float32 waveform in [-1, 1] at ``sample_rate``, as for ``audio-mulaw``. Lossy: ``decode``
@@ -37,7 +37,8 @@ class CodecTokenizer(Tokenizer):
         hop: Samples a frame (160 at 8 kHz: 50 frames a second).
         num_codebooks: K, residual codebooks a frame; ids a second = K · sample_rate / hop.
         codebook_size: Codes in each codebook (bits a frame = K · log2 of it).
-        code_dim, channels, layers: Width of the codes, of the convolutions, and residual units in encoder and decoder.
+        code_dim, channels, layers: Width of the codes (narrow: 8 bits of a codebook cannot describe a wide vector),
+            of the convolutions, and residual units in encoder and decoder.
         ema_decay, dead_code_threshold: Codebook moving-average decay; codes used less than this restart.
         seed: Seeds the codec's initial weights.
         fit_steps: Optimizer steps ``fit`` trains for unless told otherwise.
@@ -56,11 +57,11 @@ class CodecTokenizer(Tokenizer):
         hop: int = 160,
         num_codebooks: int = 4,
         codebook_size: int = 256,
-        code_dim: int = 64,
+        code_dim: int = 8,
         channels: int = 192,
         layers: int = 6,
         ema_decay: float = 0.99,
-        dead_code_threshold: float = 1.0,
+        dead_code_threshold: float = 0.5,
         seed: int = 0,
         fit_steps: int = 1000,
     ) -> None:
@@ -202,11 +203,13 @@ class CodecTokenizer(Tokenizer):
         batch_size: int = 16,
         lr: float = 2e-3,
         beta: float = 0.25,
+        warmup_fraction: float = 0.1,
         seed: int = 0,
         accelerator: str = "cpu",
     ) -> None:
         """Train the codec with Lightning on random ``segment_seconds`` crops of ``samples`` for ``steps`` optimizer
-        steps or ``epochs`` (neither: the ``fit_steps`` option); ``beta`` weighs the commitment loss."""
+        steps or ``epochs`` (neither: the ``fit_steps`` option); ``beta`` weighs the commitment loss; the first
+        ``warmup_fraction`` of the steps train without the quantizer (with ``epochs``, none do)."""
         from armm_audio.codec_training import train_codec
 
         if steps is None and epochs is None:
@@ -218,8 +221,10 @@ class CodecTokenizer(Tokenizer):
             raise ValueError(f"fitting audio-codec needs at least {2 * segment / self.sample_rate:g} s of audio, "
                              f"got {len(stream) / self.sample_rate:g} s")
         clips = stream[: rows * 2 * segment].view(rows, 2 * segment)  # crops of `segment` are drawn from each row
+        warmup_steps = round(warmup_fraction * steps) if steps is not None else 0
         train_codec(self.model, clips, steps=steps, epochs=epochs, segment=segment, batch_size=batch_size, lr=lr,
-                    beta=beta, seed=seed, accelerator=accelerator)  # fmt: skip
+                    beta=beta, warmup_steps=warmup_steps, seed=seed,
+                    accelerator=accelerator)  # fmt: skip
         self.fitted = True
 
     def read(self, source: str | Path) -> list[torch.Tensor]:
