@@ -7,7 +7,7 @@ a minute and pitches 42 and 60, none of which the dataset (speeds 120, 160, 200;
 Rows, ordered by bits per second:
 
 - the codec decoding the first k = 1 .. K codebooks of each frame (``AudioCodec.decode(codes[:, :k])``): k · 50
-  tokens a second of 8 bits each, 400 .. 1600 bits/s;
+  tokens a second of 8 bits each, 400 bits/s a codebook;
 - mu-law at the same bits per second: the clip resampled down to a lower rate (``scipy.signal.resample_poly``), mu-law
   encoded and decoded there at fewer bits (``audio-mulaw``), and resampled back up to 8 kHz;
 - the reference, 8-bit mu-law at 8 kHz (64 kbit/s): the tokenizer of ``recipes/audio.yaml``.
@@ -15,17 +15,16 @@ Rows, ordered by bits per second:
 Columns:
 
 - SNR (dB), over all held-out clips at once: 10 · log10(Σ x² / Σ (x − x̂)²);
-- log-mel distance (dB): the mean over clips, frames and mel bands of |10 · log10(mel(x) + 1e-5) −
-  10 · log10(mel(x̂) + 1e-5)|, where mel is torchaudio's ``MelSpectrogram`` (power) at 8 kHz, n_fft 256, hop 64,
-  40 mel bands;
+- log-mel distance (dB): ``armm_audio.snr.log_mel_distance``, the mean over clips, frames and mel bands of the
+  absolute dB difference of 40-band mel power spectra (n_fft 256, hop 64 at 8 kHz), both floored 50 dB below the
+  reference's loudest bin (so digital silence is not an infinite distance);
 - for a codec row, the usage of the codebook that row adds (codebook k − 1, counting from 0) over the held-out
   clips: the distinct codes used (of ``codebook_size``), the entropy of their frequencies in bits (what an entropy
   coder would spend per code, of the 8 bits the row pays), and the perplexity 2^entropy.
 
-The codec's decoder is a vocoder: it predicts a magnitude and a phase per STFT bin, and its training loss is mostly
-spectral (multi-resolution STFT magnitudes beside an L1 on the waveform), so it does not keep the input's phase. Its
-waveform does not line up sample by sample with the input, so its SNR is near 0 dB or below even where it sounds
-right; the log-mel distance is the column that tracks its quality. Mu-law keeps phase, so for it both columns count.
+The codec codes magnitude spectra only and its decoder takes the phase from Griffin-Lim, so its waveform does not line
+up sample by sample with the input: its SNR is near 0 dB or below even where it sounds right, and the log-mel distance
+is the column that tracks its quality. Mu-law keeps phase, so for it both columns count.
 """
 
 from __future__ import annotations
@@ -43,14 +42,13 @@ import armm
 from armm.datasource import modality_part
 from armm_audio.codec import CodecTokenizer
 from armm_audio.mulaw import MuLawTokenizer
-from armm_audio.snr import snr_db
+from armm_audio.snr import log_mel_distance, snr_db
 from armm_audio.spoken_digits import spoken_digits
 from tables import cpu_summary, print_table  # bench/tables.py (this folder is on sys.path)
 
 SAMPLE_RATE = 8000
 HELD_OUT = {"speeds": (140, 180), "pitches": (42, 60)}
 MULAW = ((200, 2), (400, 2), (600, 2), (400, 3), (800, 2), (400, 4), (SAMPLE_RATE, 8))  # (Hz, bits)
-FLOOR = 1e-5  # added to mel power before the log
 
 
 def load_codec(model_dir: Path) -> CodecTokenizer:
@@ -62,18 +60,10 @@ def load_codec(model_dir: Path) -> CodecTokenizer:
     return codec
 
 
-def log_mel_distance(reference: torch.Tensor, estimate: torch.Tensor) -> float:
-    """Mean |log-mel(reference) − log-mel(estimate)| in dB over waveforms ``[N, L]``, frames and mel bands."""
-    from torchaudio.transforms import MelSpectrogram
-
-    mel = MelSpectrogram(SAMPLE_RATE, n_fft=256, hop_length=64, n_mels=40)
-    db = lambda x: 10 * torch.log10(mel(x.float()) + FLOOR)  # noqa: E731
-    return (db(reference) - db(estimate)).abs().mean().item()
-
-
 def quality(reference: torch.Tensor, estimate: torch.Tensor) -> list[str]:
     """The SNR and log-mel distance cells of waveforms ``[N, L]``."""
-    return [f"{snr_db(reference.flatten(), estimate.flatten()):.1f}", f"{log_mel_distance(reference, estimate):.2f}"]
+    snr, distance = snr_db(reference.flatten(), estimate.flatten()), log_mel_distance(estimate, reference, SAMPLE_RATE)
+    return [f"{snr:.1f}", f"{distance:.2f}"]
 
 
 def usage(codes: torch.Tensor, codebook_size: int) -> list[str]:

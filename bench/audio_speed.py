@@ -2,8 +2,8 @@
 
 Run as ``python bench/audio_speed.py MODEL_DIR`` on a model trained with ``recipes/speech_digits.yaml``.
 
-- Codec: that model continues ``bos <|label|> seven <|/label|> <|audio|>`` by the clip's 200 audio ids (50 frames of
-  4 codebook ids) and ``<|/audio|>``, sampling inside the layout's grammar; the layout then decodes the ids to a
+- Codec: that model continues ``bos <|label|> seven <|/label|> <|audio|>`` by the clip's audio ids (50 frames of K
+  codebook ids) and ``<|/audio|>``, sampling inside the layout's grammar; the layout then decodes the ids to a
   waveform with the codec's decoder. Also ten such clips as one batch (times per clip).
 - Mu-law: the sample-level model of ``recipes/audio.yaml`` (its preset and overrides, and its tokenizer, 8-bit mu-law
   at 8 kHz), with ``max_seq_len`` 8001 so that one context holds bos and 1 s of samples; it continues bos by 8000

@@ -17,7 +17,19 @@ from armm.cli import main
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 TINY_MODEL = {"n_layer": 1, "n_head": 2, "d_model": 32}
-TINY_TOKENIZER = {"text-bpe": {"vocab_size": 300}, "code-bpe": {"vocab_size": 300}, "image-vq": {"fit_steps": 2}}
+TINY_TOKENIZER = {
+    "text-bpe": {"vocab_size": 300}, "code-bpe": {"vocab_size": 300}, "image-vq": {"fit_steps": 2},
+    "audio-codec": {"fit_steps": 2, "channels": 16, "layers": 1},
+}  # fmt: skip
+
+
+def tiny_tokenizer_options(tokenizer: str, options: dict) -> dict:
+    """``options`` of ``tokenizer`` shrunk by ``TINY_TOKENIZER``; a mixed layout's parts each shrunk the same way."""
+    if tokenizer == "mixed":
+        parts = {name: {**part, "options": tiny_tokenizer_options(part["tokenizer"], part.get("options") or {})}
+                 for name, part in options["parts"].items()}  # fmt: skip
+        return {**options, "parts": parts}
+    return {**options, **TINY_TOKENIZER.get(tokenizer, {})}
 
 
 def load_recipe(path: Path) -> dict:
@@ -28,7 +40,7 @@ def tiny_overrides(recipe: dict) -> list[str]:
     """Command-line overrides that keep the recipe's data and layout but shrink the run to seconds."""
     data = recipe["data"]
     model = {**(recipe["model"].get("overrides") or {}), **TINY_MODEL}
-    options = {**(data.get("tokenizer_options") or {}), **TINY_TOKENIZER.get(data["tokenizer"], {})}
+    options = tiny_tokenizer_options(data["tokenizer"], data.get("tokenizer_options") or {})
     return [
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
         "--trainer.log_every_n_steps", "1", "--model.warmup_steps", "1",

@@ -1,6 +1,7 @@
 """The audio-codec tokenizer: contract suite, the id layout of K codebooks, the codec against the codes it decodes,
 reading clips, sampling inside the codebook cycle, and the espeak-digits dataset."""
 
+import json
 import re
 import shutil
 
@@ -186,3 +187,33 @@ def test_espeak_digits_label_every_clip_for_a_mixed_layout(labelled_layout, monk
     assert len(samples) == 10 * len(VARIANTS) * 9
     assert [name for name, _ in samples[0]] == ["label", "audio"] and samples[0][0].sample == "zero"
     assert samples[0][1].sample.shape == (round(CLIP * RATE),)  # the codec part's clip_seconds
+
+
+# --- the speech_digits recipe on a user's folder --------------------------------------------------------------
+def test_the_speech_digits_recipe_trains_on_a_labelled_wav_folder_and_samples_a_wav(tmp_path, monkeypatch, one_thread):
+    from pathlib import Path
+
+    import yaml
+
+    from armm.cli import main
+
+    recipe = Path(__file__).parents[2] / "recipes" / "speech_digits.yaml"
+    parts = yaml.safe_load(recipe.read_text())["data"]["tokenizer_options"]["parts"]
+    parts["audio"]["options"].update(fit_steps=3, channels=16, layers=1)
+    for digit, word in enumerate(DIGITS):  # what a user brings: 16 kHz WAVs, one folder per digit
+        (tmp_path / "my_digits" / word).mkdir(parents=True)
+        for take in range(4):
+            t = np.arange(int(0.6 * 16000)) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * digit + 20 * take) * t)
+            soundfile.write(tmp_path / "my_digits" / word / f"{take:03}.wav", wave.astype(np.float32), 16000)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(recipe), "--data.dataset", "null", "--data.path", "my_digits",
+          "--data.tokenizer_options", json.dumps({"parts": parts, "prompt_part": "label"}), "--data.val_fraction",
+          "0.1", "--data.batch_size", "4", "--model.overrides",
+          json.dumps({"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 107}), "--model.warmup_steps", "1",
+          "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1"])  # fmt: skip
+    _, layout = armm.load_model("runs/speech_digits/export/final")
+    assert sorted(layout.parts["label"].names) == sorted(DIGITS)
+    main(["sample", "runs/speech_digits/export/final", "--prompt", "two", "--output", "two.wav", "--seed", "0"])
+    audio, rate = soundfile.read(tmp_path / "two.wav")
+    assert rate == RATE and audio.shape == (RATE,)  # one 1 s clip at the recipe's 8 kHz
