@@ -48,6 +48,7 @@ class ClassTokenizer(Tokenizer):
         if self.names == []:
             raise ValueError("a classes tokenizer needs at least one class name (or names=None, to fit them)")
         self._ids = {name: i for i, name in enumerate(self.names or [])}
+        self._learned_here = False  # names learned by fit in this process (for a pointed error while preparing data)
 
     @property
     def needs_fit(self) -> bool:
@@ -80,12 +81,16 @@ class ClassTokenizer(Tokenizer):
             raise ValueError("tokenizer 'classes' cannot be fitted on no samples; give at least one class name")
         self.names = names
         self._ids = {name: i for i, name in enumerate(self.names)}
+        self._learned_here = True
 
     def encode(self, sample: str) -> list[int]:
         if not isinstance(sample, str):
             raise TypeError(f"tokenizer 'classes' encodes a class name (str), got {type(sample).__name__}")
         if sample not in self._ids:
-            raise ValueError(f"unknown class {sample!r}; the classes are: {', '.join(self.fitted_names)}")
+            hint = ("; they were learned from the training samples, so a class whose samples are all held out for "
+                    "validation is unknown: add training samples of it, or list every class in the part's options "
+                    "(options: {names: [...]})") if self._learned_here else ""  # fmt: skip
+            raise ValueError(f"unknown class {sample!r}; the classes are: {', '.join(self.fitted_names)}{hint}")
         return [self._ids[sample]]
 
     def decode(self, ids: Sequence[int]) -> str:

@@ -104,3 +104,12 @@ def test_class_names_survive_saving_and_loading_a_model_directory(tmp_path):
     assert loaded.encode_prompt("seven") == layout.encode_prompt("seven")
     with pytest.raises(ValueError, match="unknown class 'eight'; the classes are: one, seven, three"):
         loaded.encode_prompt("eight")
+
+
+def test_a_class_missing_from_the_fitted_names_says_how_it_happened_and_the_fix():
+    tokenizer = ClassTokenizer()
+    tokenizer.fit(["one", "two"])  # as prepare does, on the training split only
+    with pytest.raises(ValueError, match=r"unknown class 'four'.*held out for validation.*options: \{names: \[\.\.\.\]\}"):
+        tokenizer.encode("four")
+    with pytest.raises(ValueError, match=r"unknown class 'four'; the classes are: one, two$"):
+        ClassTokenizer(["one", "two"]).encode("four")  # given names: nothing was learned, nothing to explain

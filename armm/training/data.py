@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -265,13 +266,19 @@ class TokenDataModule(L.LightningDataModule):
             return
         tokenizer = self._make_tokenizer()
         tmp = cache.with_name(cache.name + ".tmp")
-        (tmp / "tokenizer").mkdir(parents=True, exist_ok=True)
-        splits = self._prepare_chat(tmp, tokenizer) if self.template is not None else self._prepare_documents(tmp, tokenizer)
-        tokenizer.save(tmp / "tokenizer")
-        dtype = ids_dtype(tokenizer.vocab_size)
-        meta = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, **splits}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(cache)
+        shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted run left
+        (tmp / "tokenizer").mkdir(parents=True)
+        try:
+            splits = (self._prepare_chat(tmp, tokenizer) if self.template is not None
+                      else self._prepare_documents(tmp, tokenizer))  # fmt: skip
+            tokenizer.save(tmp / "tokenizer")
+            dtype = ids_dtype(tokenizer.vocab_size)
+            meta = {"tokenizer": self.tokenizer_name, "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, **splits}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            tmp.replace(cache)
+        except BaseException:  # an error or Ctrl-C leaves no half-written cache behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def _prepare_documents(self, directory: Path, tokenizer: Tokenizer) -> dict[str, Any]:
         """Stream the documents through ``armm.training.prepare``: the split record and each split's sizes."""

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -413,11 +414,15 @@ def prepare_splits(tokenizer: Tokenizer, data: Source, directory: Path, *, layou
         _check_count(count, data, layout)
         held_out = document_split(count, val_fraction, seed) if count > 1 else None
     if tokenizer.needs_fit:
+        started = time.perf_counter()
+        say = Console(stderr=True).print
+        say(f"fitting tokenizer {tokenizer.name!r} on the training documents of {data.name} …", highlight=False)
         if data.samples is not None and held_out is not None:
             tokenizer.fit([data.samples[i] for i in held_out[0].tolist()])  # in the permutation's order
         else:  # a single document fits on the whole of it
             keep = None if held_out is None else ~np.isin(np.arange(count), held_out[1])
             tokenizer.fit(fitting_texts(tokenizer, data, keep))
+        say(f"fitted tokenizer {tokenizer.name!r} in {time.perf_counter() - started:.0f} s", highlight=False)
     if layout == "samples" and tokenizer.pad_id is None:
         raise ValueError(f"layout 'samples' needs a pad token, and tokenizer {tokenizer.name!r} has none")
     dtype = ids_dtype(tokenizer.vocab_size)

@@ -12,7 +12,6 @@ magnitude is what a small codec can learn on two cores, and Griffin-Lim gives it
 from __future__ import annotations
 
 import torch
-import torchaudio
 from torch import nn
 
 from armm.quantize import ResidualVectorQuantizer
@@ -69,12 +68,14 @@ class AudioCodec(nn.Module):
     def synthesize(self, log_magnitude: torch.Tensor) -> torch.Tensor:
         """Log magnitudes ``[B, n_fft / 2 + 1, T]`` → waveforms ``[B, 1, T · hop]`` (Griffin-Lim from a fixed start,
         so decoding is deterministic)."""
+        from torchaudio.functional import griffinlim  # heavy: imported when a codec first decodes
+
         frames = log_magnitude.shape[-1]
         magnitude = (log_magnitude.clamp(max=10.0).exp() - MAGNITUDE_FLOOR).clamp(min=0)
         # The STFT of T · hop samples has T + 1 frames; Griffin-Lim's reflect padding needs > n_fft / 2 samples, so
         # a clip of fewer than 4 frames is extended with silent ones and cut back.
         magnitude = nn.functional.pad(magnitude, (0, 1 + max(0, 4 - frames)))
-        samples = torchaudio.functional.griffinlim(
+        samples = griffinlim(
             magnitude, self.window, self.n_fft, self.hop, self.n_fft, power=1.0, n_iter=GRIFFIN_LIM_ITERATIONS,
             momentum=0.99, length=(magnitude.shape[-1] - 1) * self.hop, rand_init=False,
         )  # fmt: skip

@@ -102,6 +102,26 @@ def test_a_trainable_tokenizer_fits_on_the_training_documents_only(tmp_path):
     assert fitted.backend.get_vocab() == reference.backend.get_vocab()
 
 
+def test_fitting_says_so_and_an_interrupted_preparation_leaves_no_half_written_cache(tmp_path, monkeypatch,
+                                                                                     capsys):
+    folder = write_text(tmp_path / "a", "animals", files=5)
+    options = dict(path=str(folder), tokenizer="text-bpe", tokenizer_options={"vocab_size": 300})
+
+    def interrupted(self, texts):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(BPETokenizer, "fit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            prepared(tmp_path, **options)
+    assert list((tmp_path / "cache").iterdir()) == []  # no <key>.tmp for the next run to trip over
+    prepared(tmp_path, **options)
+    [cache] = (tmp_path / "cache").iterdir()
+    assert (cache / "meta.json").is_file() and not cache.name.endswith(".tmp")
+    said = capsys.readouterr().err
+    assert "fitting tokenizer 'text-bpe' on the training documents" in said and "fitted tokenizer 'text-bpe' in" in said
+
+
 def test_held_out_val_and_test_paths_are_used_whole_and_recorded(tmp_path):
     train, val, test = (write_text(tmp_path / name, "animals", files=files, seed=seed)
                         for name, files, seed in (("train", 3, 0), ("val", 2, 1), ("test", 1, 2)))
