@@ -22,8 +22,9 @@ WEIGHTS_FILE = "audio_codec.safetensors"
 
 class CodecTokenizer(Tokenizer):
     """Audio as the codes of ``AudioCodec`` (a convolutional encoder of log-magnitude spectra, residual vector
-    quantisation, a decoder of log magnitudes, Griffin-Lim phase), trained by ``fit`` on the training clips: ``sample_rate / hop`` frames a second, each frame
-    ``num_codebooks`` ids, codebook k's code c being id ``k · codebook_size + c``; then bos, eos, pad.
+    quantisation, a decoder of log magnitudes, Griffin-Lim phase), trained by ``fit`` on the training clips:
+    ``sample_rate / hop`` frames a second, each frame ``num_codebooks`` ids, codebook k's code c being id
+    ``k · codebook_size + c``; then bos, eos, pad.
 
     A sample is a 1-D float32 waveform in [-1, 1] at ``sample_rate``, as for ``audio-mulaw``. Lossy: ``decode``
     returns the decoder's reconstruction, ``hop`` samples a frame (a waveform is padded with silence to whole frames,
@@ -223,8 +224,7 @@ class CodecTokenizer(Tokenizer):
         clips = stream[: rows * 2 * segment].view(rows, 2 * segment)  # crops of `segment` are drawn from each row
         warmup_steps = round(warmup_fraction * steps) if steps is not None else 0
         train_codec(self.model, clips, steps=steps, epochs=epochs, segment=segment, batch_size=batch_size, lr=lr,
-                    beta=beta, warmup_steps=warmup_steps, seed=seed,
-                    accelerator=accelerator)  # fmt: skip
+                    beta=beta, warmup_steps=warmup_steps, seed=seed, accelerator=accelerator)  # fmt: skip
         self.fitted = True
 
     def read(self, source: str | Path) -> list[torch.Tensor]:

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from armm.training.tokenizer_fit import fit_tokenizer_module
 from armm_audio.codec_model import AudioCodec
 
+
 class RandomCrops(Dataset):
     """Clips ``[N, L]`` → one random ``segment``-sample crop per item, drawn from a generator seeded by ``seed``."""
 
