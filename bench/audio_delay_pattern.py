@@ -21,7 +21,6 @@ bound.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 import armm
 from armm.config import ModelConfig
 from armm.model import Block, make_norm
+from armm.training.module import warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
 import speech_digits as digits  # noqa: E402
@@ -81,8 +81,7 @@ def train(model: DelayPatternGPT, steps: torch.Tensor, labels: torch.Tensor, emp
     order = torch.randperm(len(steps), generator=torch.Generator().manual_seed(0))
     held, kept = order[: len(steps) // 20], order[len(steps) // 20:]
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule = lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / args.steps)))  # noqa: E731
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, 100, args.steps, 0.1))
     generator = torch.Generator().manual_seed(0)
 
     def loss_of(rows: torch.Tensor, dropout: bool) -> torch.Tensor:
