@@ -35,7 +35,9 @@ It prints these tables:
 
 Every table is printed under the CPU's model name and vector flags (``tables.cpu_summary``): which path wins
 depends on them. On a GPU (``--device cuda``, as ``bench/gpu.sh`` runs it) armm decodes with ``backend="compiled"``
-in every table, the path its docs recommend there; on the CPU with its default, ``auto``.
+in every table, the path its docs recommend there, and ``transformers`` with ``cache_implementation="static"``, which
+its ``generate`` compiles there (CUDA graphs too); on the CPU armm with its default, ``auto``, and ``transformers``
+with its default dynamic cache.
 
 Both sides run under ``torch.inference_mode`` with the same number of threads; timings alternate
 between the two (A, B, A, B, …) so a noisy machine slows both alike, and each figure is the median of
@@ -129,6 +131,7 @@ def build_pairs(names: list[str], max_len: int, folder: Path) -> list[Pair]:
 
 # --- the two generation paths ------------------------------------------------------------------------------------
 BACKEND = "auto"  # armm's backend for the tables; main() sets "compiled" on a GPU
+HF_CACHE: str | None = None  # transformers' cache_implementation; main() sets "static" (compiled there) on a GPU
 
 
 def armm_generate(model: Transformer, prompts: torch.Tensor, new_tokens: int, backend: str | None = None,
@@ -150,7 +153,7 @@ def hf_generate(model: torch.nn.Module, prompts: torch.Tensor, new_tokens: int, 
     prompts = prompts.to(device)
     out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-                         logits_processor=processors)
+                         logits_processor=processors, cache_implementation=HF_CACHE)
     return out[:, prompts.size(1):].cpu()
 
 
@@ -237,8 +240,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights and activations")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    global BACKEND
+    global BACKEND, HF_CACHE
     BACKEND = "compiled" if device.type == "cuda" else "auto"  # on a GPU: the static-shape step as CUDA graphs
+    HF_CACHE = "static" if device.type == "cuda" else None  # on a GPU, generate() then compiles its decode forward
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -251,7 +255,7 @@ def main() -> None:
           f"{torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads, "
           f"1-min load average {load:.2f} on {os.cpu_count()} CPUs; native decode step: "
           f"{'built' if library.available() else 'NOT available (armm decodes in PyTorch)'}; armm decodes with "
-          f"backend={BACKEND!r}\n{cpu_summary()}")
+          f"backend={BACKEND!r}, transformers with cache_implementation={HF_CACHE!r}\n{cpu_summary()}")
 
     with tempfile.TemporaryDirectory() as folder:
         pairs = build_pairs(args.models, args.max_seq_len, Path(folder))

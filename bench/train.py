@@ -6,7 +6,7 @@ initialised model (same seed, same ``ModelConfig``) on the same pre-made batches
 same kind of ``DataLoader``, with the same optimiser: AdamW with ARModule's default hyper-parameters and its
 decay / no-decay groups, ARModule's warmup + cosine learning-rate schedule, and gradient clipping at norm 1.0.
 
-- plain: the nanoGPT loop. ``with autocast: loss = F.cross_entropy(model(x), y)``; ``loss.backward()``;
+- plain: the nanoGPT loop. ``with autocast: loss = next_token_loss(model(x), y)`` (ARModule's cross-entropy); ``loss.backward()``;
   ``clip_grad_norm_``; ``opt.step()``; ``opt.zero_grad(set_to_none=True)``; the learning rate set by hand.
 - armm: ``ARModule`` fitted by a ``lightning.Trainer`` with ``precision="32-true"`` or ``"bf16-mixed"``,
   ``gradient_clip_val=1.0``, and no logger, checkpoints, progress bar, model summary or validation.
@@ -67,13 +67,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import armm
 from armm import ModelConfig, Transformer
 from armm.training.lora import DEFAULT_TARGETS, TARGETS, LoraOptions
-from armm.training.module import DEFAULT_OPTIMIZER, ARModule, warmup_cosine
+from armm.training.module import DEFAULT_OPTIMIZER, ARModule, next_token_loss, warmup_cosine
 from tables import cpu_summary, print_table  # bench/tables.py (this folder is on sys.path)
 
 LOOPS = ("plain", "armm")
@@ -102,6 +101,7 @@ class Spec:
     rounds: int
     seed: int
     clock: str = "wall"
+    compile: bool = False  # --compile: torch.compile the network in both loops
     init_from: str | None = None  # --finetune: the pretrained folder both loops start from
     lora: dict[str, Any] | None = None  # LoraOptions of the "lora" loop
 
@@ -233,6 +233,8 @@ def train_plain(spec: Spec, loader: DataLoader, clock: RoundClock) -> Sizes:
     torch.manual_seed(spec.seed)  # the same initial weights as ARModule's network
     model = Transformer(model_config(spec)).to(device)
     model.train()
+    network = torch.compile(model) if spec.compile else model
+    loss_of = torch.compile(next_token_loss) if spec.compile else next_token_loss  # as ARModule(compile=True)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2]},  # ARModule's groups: matrices and embeddings decay
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
@@ -246,8 +248,8 @@ def train_plain(spec: Spec, loader: DataLoader, clock: RoundClock) -> Sizes:
             group["lr"] = lr
         x, y = batch["input_ids"].to(device), batch["targets"].to(device)
         with autocast:
-            logits = model(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+            logits = network(x)  # (B, T, V)
+            loss = loss_of(logits, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
         optimizer.step()
@@ -275,10 +277,12 @@ def train_armm(spec: Spec, loader: DataLoader, clock: RoundClock) -> Sizes:
     torch.manual_seed(spec.seed)  # the same initial weights as the plain loop's model
     if spec.init_from is not None:
         lora = LoraOptions(**spec.lora) if spec.loop == "lora" else None
-        module = ARModule(init_from=spec.init_from, lora=lora, warmup_steps=LR_WARMUP, min_lr_ratio=0.1)
+        module = ARModule(init_from=spec.init_from, lora=lora, warmup_steps=LR_WARMUP, min_lr_ratio=0.1,
+                          compile=spec.compile)
     else:
         module = ARModule(preset=spec.preset, overrides={k: v for k, v in spec.overrides.items() if k != "vocab_size"},
-                          vocab_size=config.vocab_size, warmup_steps=LR_WARMUP, min_lr_ratio=0.1)
+                          vocab_size=config.vocab_size, warmup_steps=LR_WARMUP, min_lr_ratio=0.1,
+                          compile=spec.compile)
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(
             accelerator=spec.device, devices=1, precision=PRECISIONS[spec.precision][1], max_steps=spec.total_steps,
@@ -477,6 +481,9 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=8, help="--finetune: the adapters' rank (default: 8)")
     parser.add_argument("--lora-targets", nargs="+", choices=tuple(TARGETS), default=list(DEFAULT_TARGETS),
                         help=f"--finetune: the layers with adapters (default: {' '.join(DEFAULT_TARGETS)})")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network in both loops (ARModule(compile=True) in armm's); the\n"
+                             "warm-up steps of the first round absorb the compilation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -500,7 +507,7 @@ def main() -> None:
         overrides["vocab_size"] = args.vocab_size
     spec = Spec(loop="plain", precision=precisions[0], device=args.device, threads=args.threads, preset=preset,
                 overrides=overrides, batch_size=args.batch_size, seq_len=args.seq_len, warmup=args.warmup,
-                steps=args.steps, rounds=args.rounds, seed=args.seed, clock=args.clock)
+                steps=args.steps, rounds=args.rounds, seed=args.seed, clock=args.clock, compile=args.compile)
     config = model_config(spec)
     tokens_per_step = args.batch_size * args.seq_len
 
@@ -518,7 +525,7 @@ def main() -> None:
           f"{json.dumps(DEFAULT_OPTIMIZER['init_args'])}, clip {CLIP}")
     allocator = " ".join(f"{k}={v}" for k, v in MALLOC_TUNED.items()) if args.malloc_tuned else "default settings"
     print(f"{args.rounds} round(s) x ({args.warmup} warm-up + {args.steps} timed steps) per loop and precision; "
-          f"malloc: {allocator}\n")
+          f"malloc: {allocator}; torch.compile {'on' if args.compile else 'off'}\n")
     warn_if_busy("start", 0)
     env = {**os.environ, **MALLOC_TUNED} if args.malloc_tuned else None
     if args.finetune:

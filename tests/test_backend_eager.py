@@ -74,6 +74,20 @@ def test_a_changed_weight_is_never_multiplied_through_a_stale_copy(fmt):
     assert twin(model, fmt).blocks[0].mlp.fc.tensors is not stale  # the next generation prepares it again
 
 
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+def test_a_generation_looks_up_the_twin_once_not_at_every_step(backend, monkeypatch):
+    """The lookup walks every parameter and module (0.1 ms and more a step): a decoder does it once."""
+    import armm.backends.base as base
+
+    model, calls = tiny_model(), []
+    monkeypatch.setattr(base, "twin", lambda *args: calls.append(args) or twin(*args))
+    expected = armm.generate(model, [[1, 2, 3]], max_new_tokens=12, backend=backend)
+    assert len(calls) == 1
+    new = torch.nn.Parameter(model.blocks[0].mlp.fc.weight.detach() * 2)  # between generations: seen by the next
+    model.blocks[0].mlp.fc.weight = new
+    assert armm.generate(model, [[1, 2, 3]], max_new_tokens=12, backend=backend) != expected
+
+
 def test_a_replaced_parameter_rebuilds_the_twin():
     model = tiny_model()
     first = twin(model, "packed")

@@ -60,6 +60,22 @@ def test_warmup_then_cosine_schedule():
     assert warmup_cosine(14, 4, 14, 0.1) == pytest.approx(0.1) == warmup_cosine(50, 4, 14, 0.1)
 
 
+def test_the_compiled_loss_equals_the_eager_loss_and_its_gradient():
+    from armm.training.data import IGNORE_INDEX
+    from armm.training.module import next_token_loss
+
+    logits = torch.randn(3, 7, 50, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    targets[0, :4] = IGNORE_INDEX  # masked positions, as a prompt's or padding's
+    eager = next_token_loss(logits, targets)
+    (expected,) = torch.autograd.grad(eager, logits)
+    compiled = torch.compile(next_token_loss)(logits, targets)
+    (got,) = torch.autograd.grad(compiled, logits)
+    assert compiled.dtype == torch.float32
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.float(), expected.float(), rtol=0, atol=1e-3)  # a bfloat16 gradient
+
+
 def test_weight_decay_skips_biases_and_norms(tmp_path):
     module = ARModule(preset="gpt2-tiny", overrides=TINY, vocab_size=259)
     module.trainer = make_trainer(tmp_path, 10)  # estimated_stepping_batches needs a trainer
