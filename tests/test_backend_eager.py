@@ -74,18 +74,31 @@ def test_a_changed_weight_is_never_multiplied_through_a_stale_copy(fmt):
     assert twin(model, fmt).blocks[0].mlp.fc.tensors is not stale  # the next generation prepares it again
 
 
-@pytest.mark.parametrize("backend", ["eager", "compiled"])
-def test_a_generation_looks_up_the_twin_once_not_at_every_step(backend, monkeypatch):
-    """The lookup walks every parameter and module (0.1 ms and more a step): a decoder does it once."""
-    import armm.backends.base as base
-
-    model, calls = tiny_model(), []
-    monkeypatch.setattr(base, "twin", lambda *args: calls.append(args) or twin(*args))
-    expected = armm.generate(model, [[1, 2, 3]], max_new_tokens=12, backend=backend)
-    assert len(calls) == 1
-    new = torch.nn.Parameter(model.blocks[0].mlp.fc.weight.detach() * 2)  # between generations: seen by the next
-    model.blocks[0].mlp.fc.weight = new
-    assert armm.generate(model, [[1, 2, 3]], max_new_tokens=12, backend=backend) != expected
+@pytest.mark.parametrize("replace", ["parameter", "buffer", "submodule", "assign-state-dict"])
+def test_any_replaced_part_of_the_tree_rebuilds_the_twin_and_the_next_step_uses_it(replace):
+    """The twin's check runs before every step (a flat pass over the tree's slots): whatever the user swaps in
+    between two steps of one generation, at any depth, the next step runs on it."""
+    model = tiny_model("llama-tiny")
+    decoder = EagerDecoder(model, 1, 8)
+    ids = torch.tensor([[1, 2, 3]])
+    reference = model.new_caches(1, 8)  # the prefix's keys and values as the model had them, as the decoder's
+    with torch.no_grad():
+        decoder.forward(ids, 0)
+        model(ids, cache=reference, start=0)
+        first = decoder.runner
+        if replace == "parameter":
+            model.blocks[1].mlp.fc.weight = torch.nn.Parameter(model.blocks[1].mlp.fc.weight.detach() * 2)
+        elif replace == "buffer":
+            model.rope_cos = model.rope_cos * 0.5  # a new tensor in the buffer's slot
+        elif replace == "submodule":
+            model.blocks[1].mlp = copy.deepcopy(model.blocks[1].mlp).apply(lambda m: torch.nn.init.normal_(m.weight)
+                                                                           if hasattr(m, "weight") else None)
+        else:
+            model.load_state_dict(armm.Transformer(model.config).state_dict(), assign=True)
+        assert decoder.runner is not first
+        step = decoder.step(torch.tensor([[4]]), 3)
+        expected = model(torch.tensor([[4]]), cache=reference, start=3)[:, -1]
+    torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_a_replaced_parameter_rebuilds_the_twin():
