@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import tempfile
+import secrets
+import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -24,11 +27,14 @@ TOKENIZER_META = "armm_tokenizer.json"
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Write through a temporary file in the same folder, then rename: a crash never leaves a half-written file.
+    The file gets the mode ``open`` gives a new file (0666 less the umask), not private as ``mkstemp`` makes it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask left of 0666
     try:
         write(Path(tmp))
+        os.chmod(tmp, mode)  # a writer that replaces the file (safetensors does) leaves it private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -64,17 +70,12 @@ def load_model(
                 f"(expected {CONFIG_FILE} and {WEIGHTS_FILE}, as written by armm.save_model)"
             )
     config = ModelConfig.load(directory / CONFIG_FILE)
+    check_weights_fit(directory, config)
     model = Transformer(config)
     try:
         load_safetensors_into(model, str(directory / WEIGHTS_FILE), strict=True, device=str(device))
     except SafetensorError as err:
-        raise ValueError(f"{directory / WEIGHTS_FILE} is corrupt or not a safetensors file ({err})") from None
-    except RuntimeError as err:
-        difference = _weights_mismatch(directory / WEIGHTS_FILE, model) or " ".join(str(err).split())
-        raise ValueError(
-            f"{directory / WEIGHTS_FILE} does not match {directory / CONFIG_FILE}: {difference}; the weights and the "
-            f"config come from different models: use the config.json saved with these weights"
-        ) from None
+        raise _corrupt(directory, err) from None
     model.to(device=device, dtype=dtype).eval()
     tokenizer = load_tokenizer(directory / TOKENIZER_DIR) if (directory / TOKENIZER_DIR).is_dir() else None
     if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
@@ -95,17 +96,101 @@ def load_model_with_tokenizer(
     return model, tokenizer
 
 
-def _weights_mismatch(path: Path, model: Transformer) -> str | None:
-    """The first tensor in the weights at ``path`` that ``model`` has no place for, in words; None if all fit."""
+def check_weights_fit(directory: Path, config: ModelConfig) -> None:
+    """Before any tensor is allocated: the weights' header holds exactly the tensors ``config`` describes, with
+    their shapes, and the model fits in the memory available. Each error names the config's field at fault."""
+    weights = directory / WEIGHTS_FILE
+    found = _weights_shapes(directory)
+    layers = len({name.split(".")[1] for name in found if name.startswith("blocks.")})
+    difference = (f"n_layer={config.n_layer} under the config but {layers} layers in the weights"
+                  if layers != config.n_layer else None)
+    with torch.device("meta"):  # shapes without memory; n_layer now matches a real file
+        model = Transformer(config)
+    difference = difference or _tensor_mismatch(model, config, found)
+    if difference:
+        raise ValueError(f"{weights} does not match {directory / CONFIG_FILE}: {difference}; the weights and the "
+                         f"config come from different models: use the config.json saved with these weights")
+    _check_memory(directory, model, config)
+
+
+def _weights_shapes(directory: Path) -> dict[str, list[int]]:
+    """Each tensor's shape, from the safetensors header alone (the data is not read)."""
+    try:
+        with safe_open(str(directory / WEIGHTS_FILE), "pt") as weights:
+            return {name: list(weights.get_slice(name).get_shape()) for name in weights.keys()}
+    except SafetensorError as err:
+        raise _corrupt(directory, err) from None
+
+
+def _corrupt(directory: Path, err: Exception) -> ValueError:
+    return ValueError(f"{directory / WEIGHTS_FILE} is corrupt or not a safetensors file ({err})")
+
+
+def _tensor_mismatch(model: Transformer, config: ModelConfig, found: dict[str, list[int]]) -> str | None:
+    """The first difference, in words, between the tensors ``model`` (on the meta device) holds and those
+    ``found`` in the weights: a shape, a missing tensor, a tied one stored twice, an extra one. A tied tensor (one
+    tensor under two names) may be stored under either name."""
     expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
-    with safe_open(str(path), "pt") as weights:
-        found = {name: list(weights.get_slice(name).get_shape()) for name in weights.keys()}
     for name, shape in found.items():
-        if name not in expected:
-            return f"the weights hold a tensor {name} that this config has no place for"
-        if shape != expected[name]:
-            return f"tensor {name} has shape {shape} in the weights but {expected[name]} under the config"
-    return None
+        if name in expected and shape != expected[name]:
+            fields = _fields_of(config, (size for size, was in zip(expected[name], shape) if size != was))
+            return (f"tensor {name} has shape {shape} in the weights but {expected[name]} under the config"
+                    + (f" ({fields})" if fields else ""))
+    tied: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        tied.setdefault(id(tensor), []).append(name)
+    for names in tied.values():
+        stored = [name for name in names if name in found]
+        if not stored:
+            return f"the config has a tensor {names[0]} that the weights lack"
+        if len(stored) > 1:
+            return f"the weights hold separate tensors {' and '.join(stored)} where this config has one (tied)"
+    extra = [name for name in found if name not in expected]
+    return f"the weights hold a tensor {extra[0]} that this config has no place for" if extra else None
+
+
+def _fields_of(config: ModelConfig, sizes: Iterable[int]) -> str:
+    """``d_model=1000000``: the config's fields whose value is one of ``sizes``, or ``""``."""
+    sizes = set(sizes)
+    return ", ".join(f"{field}={value}" for field, value in dataclasses.asdict(config).items()
+                     if isinstance(value, int) and not isinstance(value, bool) and value in sizes)
+
+
+def _check_memory(directory: Path, model: Transformer, config: ModelConfig) -> None:
+    """Refuse a model (``model`` on the meta device) whose tensors, twice over, need more memory than is available:
+    loading builds the model, reads the weights into memory, then copies them in."""
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    need = 2 * sum(t.numel() * t.element_size() for t in tensors.values())  # the weights are read, then copied in
+    available = available_memory()
+    if available is None or need <= available:
+        return
+    name, largest = max(tensors.items(), key=lambda item: item[1].numel() * item[1].element_size())
+    fields = _fields_of(config, largest.shape)
+    raise ValueError(
+        f"{directory} needs {_size(need)} of memory to load but {_size(available)} is available; its largest tensor, "
+        f"{name}, takes {_size(largest.numel() * largest.element_size())}" + (f" ({fields})" if fields else "")
+        + f": check the sizes in {CONFIG_FILE}, or free memory"
+    )
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a process can still allocate: MemAvailable from /proc/meminfo (Linux), else the free
+    physical pages (os.sysconf); None where neither can be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def load_tokenizer(directory: str | Path) -> Tokenizer:

@@ -17,6 +17,9 @@ MLPKind = Literal["gelu", "swiglu"]
 
 _CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
 _INTEGERS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len")
+# Far past any model yet built (Llama 3.1 405B: 126 layers, d_model 16384, d_ff 53248, 128k context; the largest
+# vocabularies are ~256k); a value above is a typo or a hostile file. n_head and n_kv_head divide d_model.
+MAXIMA = {"vocab_size": 2**24, "n_layer": 2**12, "d_model": 2**17, "d_ff": 2**20, "max_seq_len": 2**27}
 _NUMBERS = ("rope_theta", "norm_eps", "dropout")
 _FLAGS = ("bias", "tie_embeddings")
 ROPE_SCALINGS = {  # rope_type → its parameters (as Hugging Face names them)
@@ -65,6 +68,10 @@ class ModelConfig:
         for field in _INTEGERS:
             if getattr(self, field) < 1:
                 raise ValueError(f"ModelConfig.{field} must be >= 1, got {getattr(self, field)}")
+        for field, most in MAXIMA.items():
+            if getattr(self, field) > most:
+                raise ValueError(f"ModelConfig.{field} must be <= {most} (past any model built so far), got "
+                                 f"{getattr(self, field)}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:

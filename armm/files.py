@@ -69,19 +69,46 @@ def numbered_paths(path: str | Path, count: int, suffix: str) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{suffix}") for i in range(count)]
 
 
+MAX_JSON_BYTES = 256 * 2**20  # the largest Hugging Face tokenizer.json files are ~35 MB
+MAX_JSON_DEPTH = 64  # configs and tokenizer files nest a few levels
+
+
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     """A JSON file holding an object; FileNotFoundError when it is missing, ValueError when it is not UTF-8 JSON
-    holding an object, each naming the file and ``what`` it should hold."""
+    holding an object, is larger than ``MAX_JSON_BYTES`` or nests deeper than ``MAX_JSON_DEPTH``, each naming the
+    file and ``what`` it should hold."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; it should hold {what}")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is {size} bytes, more than the {MAX_JSON_BYTES} armm reads as JSON; it should hold "
+                         f"{what} (is it another file under this name?)")
+    too_deep = ValueError(f"{path} nests arrays or objects more than {MAX_JSON_DEPTH} levels deep; it should hold "
+                          f"{what}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON ({err}); it should hold {what}") from None
+    except RecursionError:  # deeper than Python's parser goes
+        raise too_deep from None
+    if _nests_deeper(data, MAX_JSON_DEPTH):
+        raise too_deep
     if not isinstance(data, dict):
         raise ValueError(f"{path} should hold a JSON object ({what})")
     return data
+
+
+def _nests_deeper(data: Any, depth: int) -> bool:
+    """Whether parsed JSON ``data`` has arrays or objects nested more than ``depth`` levels, found level by level
+    (no recursion)."""
+    level = [data]
+    for _ in range(depth):
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        if not level:
+            return False
+    return any(isinstance(node, (dict, list)) for node in level)
 
 
 def read_text_pieces(path: str | Path, piece_chars: int = 1 << 20) -> Iterator[str]:

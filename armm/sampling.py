@@ -67,14 +67,22 @@ class Greedy:
 
 
 class Temperature:
-    """Divide logits by ``t`` (t > 1 flattens, t < 1 sharpens); ``t = 0`` is greedy."""
+    """Divide logits by ``t`` (t > 1 flattens, t < 1 sharpens); ``t = 0`` is greedy.
+
+    A row whose largest logit over ``t`` leaves the float range (a tiny ``t``) takes the limit ``t → 0``:
+    it keeps only its largest logits.
+    """
 
     def __init__(self, t: float) -> None:
         self.t = _check_number("temperature", t, "a number >= 0 (0 means greedy)", lambda x: x >= 0)
         self.deterministic = self.t == 0
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
-        return Greedy()(logits, tokens) if self.deterministic else logits / self.t
+        if self.deterministic:
+            return Greedy()(logits, tokens)
+        top = logits.amax(-1, keepdim=True)  # (B, 1)
+        overflow = ~(top / self.t).isfinite() & top.isfinite()  # in the logits' dtype, where t may round to 0
+        return torch.where(overflow, _keep(logits, logits == top), logits / self.t)
 
 
 class TopK:
@@ -146,6 +154,16 @@ class Typical:
 
 
 # --- penalties -------------------------------------------------------------------------------------
+def _overflow_limit(logits: Tensor, penalised: Tensor) -> Tensor:
+    """``penalised`` (``logits`` after a penalty), except in rows the penalty pushed out of the float range (a tiny
+    or huge repetition penalty, a float16 frequency penalty): where a finite logit overflowed to ``+inf``, or every
+    one to ``-inf``. There the limit of an ever stronger penalty keeps only the largest logits that overflowed."""
+    up = penalised.isposinf()
+    lost = torch.where(up.any(-1, keepdim=True), up, penalised.amax(-1, keepdim=True).isneginf()) & logits.isfinite()
+    top = logits.masked_fill(~lost, NEG_INF).amax(-1, keepdim=True)  # (B, 1)
+    return torch.where(lost.any(-1, keepdim=True), _keep(logits, lost & (logits == top)), penalised)
+
+
 class RepetitionPenalty:
     """CTRL's penalty on every token in the context: positive logits divided by ``penalty``, negative ones multiplied."""
 
@@ -156,8 +174,18 @@ class RepetitionPenalty:
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
         seen = token_counts(tokens, logits.size(-1)) > 0
-        penalised = torch.where(logits > 0, logits / self.penalty, logits * self.penalty)
-        return torch.where(seen, penalised, logits)
+        divided, multiplied = seen & (logits > 0), seen & (logits < 0) & logits.isfinite()  # -inf stays -inf
+        penalised = torch.where(divided, logits / self.penalty, torch.where(multiplied, logits * self.penalty, logits))
+        return _overflow_limit(logits, penalised)
+
+
+ADDITIVE_RANGE = "a finite number in [-100, 100] (0 = off)"
+
+
+def _additive(penalty: float) -> bool:
+    """Whether an additive penalty is in range: 100 already makes a token e**-100 times as likely (below float32's
+    smallest normal number), and 100 x any context length is a finite float32."""
+    return abs(penalty) <= 100
 
 
 class FrequencyPenalty:
@@ -166,10 +194,10 @@ class FrequencyPenalty:
     deterministic = False
 
     def __init__(self, penalty: float) -> None:
-        self.penalty = _check_number("frequency_penalty", penalty, "a finite number", lambda x: True)
+        self.penalty = _check_number("frequency_penalty", penalty, ADDITIVE_RANGE, _additive)
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
-        return logits - self.penalty * token_counts(tokens, logits.size(-1)).to(logits.dtype)
+        return _overflow_limit(logits, logits - self.penalty * token_counts(tokens, logits.size(-1)).to(logits.dtype))
 
 
 class PresencePenalty:
@@ -178,7 +206,7 @@ class PresencePenalty:
     deterministic = False
 
     def __init__(self, penalty: float) -> None:
-        self.penalty = _check_number("presence_penalty", penalty, "a finite number", lambda x: True)
+        self.penalty = _check_number("presence_penalty", penalty, ADDITIVE_RANGE, _additive)
 
     def __call__(self, logits: Tensor, tokens: Tensor) -> Tensor:
         return logits - self.penalty * (token_counts(tokens, logits.size(-1)) > 0).to(logits.dtype)
@@ -252,13 +280,30 @@ class Sampler:
         return logits
 
     def __call__(self, logits: Tensor, tokens: Tensor, generators: Sequence[torch.Generator] | None = None) -> Tensor:
-        """Draw one token id per row → ``[B]``."""
+        """Draw one token id per row → ``[B]``.
+
+        A row the chain leaves without a distribution (every token ``-inf``, or NaN) takes the argmax of its raw
+        logits. Raw logits that are NaN are an error on the CPU (``check_logits``).
+        """
+        check_logits(logits, tokens)
         if self.plain_argmax:
             return logits.argmax(-1)
-        logits = self.filter(logits, tokens)
-        if self.is_greedy:
-            return logits.argmax(-1)
-        return draw(logits, generators)
+        filtered = self.filter(logits, tokens)
+        token = filtered.argmax(-1) if self.is_greedy else draw(filtered, generators)
+        return torch.where(filtered.amax(-1).isfinite(), token, logits.argmax(-1))
+
+
+def check_logits(logits: Tensor, tokens: Tensor) -> None:
+    """Raise if a row of the model's logits ``[B, V]`` holds NaN, naming the row and the position drawn next.
+
+    On the CPU only: on an accelerator the check would wait for the device every step.
+    """
+    if logits.device.type != "cpu" or not logits.isnan().any():
+        return
+    row = int(logits.isnan().any(-1).nonzero()[0])
+    position = int((tokens[row] >= 0).sum())
+    raise ValueError(f"the model's logits are NaN at position {position} of row {row}: its weights or activations "
+                     f"overflowed; check the checkpoint's weights for NaN or inf, or run it in float32 or bfloat16")
 
 
 def draw(logits: Tensor, generators: Sequence[torch.Generator] | None = None) -> Tensor:

@@ -1,8 +1,10 @@
 import json
 
 import pytest
+import torch
 
 import armm
+import armm.config
 
 
 @pytest.mark.parametrize("name", sorted(armm.PRESETS))
@@ -62,3 +64,21 @@ def test_rope_scaling_round_trips_and_bad_scalings_are_refused(tmp_path):
             armm.ModelConfig.from_name("llama-tiny", rope_scaling=bad)
     with pytest.raises(ValueError, match="rope_scaling scales RoPE, but position='learned'"):
         armm.ModelConfig.from_name("gpt2-tiny", rope_scaling=scaling)
+
+
+@pytest.mark.parametrize("field, value", [("n_layer", 10**6), ("d_model", 10**9), ("vocab_size", 10**10),
+                                          ("max_seq_len", 10**12), ("d_ff", 10**8)])
+def test_absurd_sizes_are_refused_naming_the_field_and_the_limit(field, value):
+    with pytest.raises(ValueError, match=rf"ModelConfig.{field} must be <= {armm.config.MAXIMA[field]} \(past any "
+                                         rf"model built so far\), got {value}"):
+        armm.ModelConfig(**{field: value})
+
+
+def test_a_70b_llama_config_is_still_a_model():
+    """The limits leave room for the largest open models: Llama 3.1 70B builds (on the meta device: no memory)."""
+    config = armm.ModelConfig(vocab_size=128256, n_layer=80, n_head=64, n_kv_head=8, d_model=8192, d_ff=28672,
+                              max_seq_len=131072, position="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+                              tie_embeddings=False, rope_theta=500000.0)
+    with torch.device("meta"):
+        model = armm.Transformer(config)
+    assert model.num_params(non_embedding=False) == pytest.approx(70.6e9, rel=0.01)

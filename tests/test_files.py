@@ -1,12 +1,14 @@
-"""``armm.files.read_text_pieces``: pieces that join into the text and encode, one by one, to the ids of the whole."""
+"""``armm.files``: ``read_text_pieces`` (pieces that join into the text and encode, one by one, to the ids of the whole)
+and ``read_json_object``'s limits."""
 
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
-from armm.files import read_text_pieces
+from armm.files import MAX_JSON_DEPTH, read_json_object, read_text_pieces
 from armm_code import CodeTokenizer
 from armm_text import BPETokenizer
 
@@ -54,3 +56,31 @@ def test_a_file_that_is_not_utf8_is_refused_naming_it(tmp_path):
     path.write_bytes(b"ok \xff\xfe")
     with pytest.raises(ValueError, match="b.txt is not UTF-8 text"):
         list(read_text_pieces(path, 50))
+
+
+# --- read_json_object ------------------------------------------------------------------------------
+def nested(depth: int) -> str:
+    return '{"a": ' + "[" * (depth - 1) + "]" * (depth - 1) + "}"
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 100_000])  # 100k levels: past Python's own recursion limit
+def test_json_nested_too_deep_is_refused_naming_the_file_and_the_limit(tmp_path, depth):
+    (tmp_path / "config.json").write_text(nested(depth))
+    with pytest.raises(ValueError, match=rf"config.json nests arrays or objects more than {MAX_JSON_DEPTH} levels "
+                                         r"deep; it should hold a ModelConfig"):
+        read_json_object(tmp_path / "config.json", "a ModelConfig")
+
+
+def test_json_nested_to_the_limit_is_read(tmp_path):
+    (tmp_path / "config.json").write_text(nested(MAX_JSON_DEPTH))
+    assert list(read_json_object(tmp_path / "config.json", "a ModelConfig")) == ["a"]
+
+
+def test_json_larger_than_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr("armm.files.MAX_JSON_BYTES", 100)
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"vocab": "x" * 100}))
+    with pytest.raises(ValueError, match=r"tokenizer.json is 113 bytes, more than the 100 armm reads as JSON; it "
+                                         r"should hold a tokenizer \(is it another file under this name\?\)"):
+        read_json_object(tmp_path / "tokenizer.json", "a tokenizer")
+    monkeypatch.setattr("armm.files.MAX_JSON_BYTES", 113)
+    assert read_json_object(tmp_path / "tokenizer.json", "a tokenizer") == {"vocab": "x" * 100}

@@ -290,6 +290,53 @@ def test_tiny_temperature_draw_is_greedy():
     assert draws.tolist() == logits.argmax(-1).tolist()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t", [1e-300, 1e-40, 1e-6])
+def test_a_temperature_whose_logits_overflow_draws_greedy(t, dtype):
+    """t -> 0 is greedy; the logits over t overflow (t may even round to 0), so the draw must take that limit."""
+    logits = random_logits(256, 40, seed=9, scale=8.0, masked=0.2)
+    logits[:32] = -logits[:32].abs() - 1  # every logit negative: all of them overflow to -inf
+    logits.scatter_add_(1, logits.argmax(1, keepdim=True), torch.ones(256, 1))  # no ties, even in bfloat16
+    logits[32:64] -= logits[32:64].amax(-1, keepdim=True)  # the largest logit is 0: 0 / 0 where t rounds to 0
+    logits = logits.to(dtype)
+    draws = build_sampler(f"temperature={t}")(logits, no_context(256), seeded(range(256)))
+    assert draws.tolist() == logits.argmax(-1).tolist()
+
+
+# A penalty this strong is its limit: the reference, in float64, does not overflow at these values.
+EXTREME = [("temperature", 1e-300), ("repetition_penalty", 1e-300), ("repetition_penalty", 1e300),
+           ("frequency_penalty", 100), ("presence_penalty", -100)]
+
+
+@pytest.mark.parametrize("name, value", EXTREME)
+def test_extreme_values_draw_from_the_float64_definition(name, value):
+    logits, tokens = random_logits(128, 8, seed=73, masked=0.2), random_context(128, 12, 8, seed=74)
+    logits[:32] = -logits[:32].abs() - 1  # all negative: every seen token overflows to -inf under a huge penalty
+    expected = np.stack([softmax(row) for row in reference([(name, value)], logits, tokens)])
+    draws = build_sampler(f"{name}={value}")(logits, tokens, seeded(range(128))).numpy()
+    assert (expected[np.arange(128), draws] > 0).all(), "a token outside the limit's support was drawn"
+    single = (expected == 1).any(-1)
+    assert single.sum() >= 4, "the case is not vacuous: rows with one token left"
+    np.testing.assert_array_equal(draws[single], expected[single].argmax(-1))
+
+
+def test_a_row_the_chain_empties_takes_the_argmax_of_its_raw_logits():
+    logits = torch.tensor([[0.5, 1.0, 3.0, 2.0], [4.0, 0.0, 1.0, -1.0]])
+    every_token = torch.tensor([[0, 1, 2, 3], [-1, -1, -1, 2]])  # row 0 has seen every token
+    sampler = build_sampler("no_repeat_ngram=1")
+    assert sampler.filter(logits, every_token)[0].isneginf().all()
+    assert sampler(logits, every_token, seeded([0, 1])).tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("spec", ["greedy", "temperature=0.7,top_p=0.9"])
+def test_nan_logits_from_the_model_are_an_error_naming_the_row_and_position(spec):
+    logits = random_logits(3, 10, seed=75)
+    logits[1, 4] = math.nan
+    tokens = torch.tensor([[1, 2, 3], [-1, 5, 6], [7, 8, 9]])
+    with pytest.raises(ValueError, match="the model's logits are NaN at position 2 of row 1"):
+        build_sampler(spec)(logits, tokens)
+
+
 # --- chains ----------------------------------------------------------------------------------------
 CHAINS = [
     [("top_k", 5), ("top_p", 0.5)],
@@ -438,6 +485,8 @@ def test_every_builtin_is_registered():
     ("no_repeat_ngram=1.5", "no_repeat_ngram", "integer >= 1"),
     ("repetition_penalty=0", "repetition_penalty", "> 0"), ("repetition_penalty=-1", "repetition_penalty", "> 0"),
     ("frequency_penalty=inf", "frequency_penalty", "finite"), ("presence_penalty=nan", "presence_penalty", "finite"),
+    ("frequency_penalty=1e300", "frequency_penalty", "[-100, 100]"),
+    ("presence_penalty=-100.5", "presence_penalty", "[-100, 100]"),
 ])
 def test_bad_values_name_the_parameter_and_the_allowed_range(spec, name, allowed):
     with pytest.raises(ValueError) as error:
@@ -447,7 +496,8 @@ def test_bad_values_name_the_parameter_and_the_allowed_range(spec, name, allowed
 
 @pytest.mark.parametrize("spec", ["top_p=1", "min_p=1", "typical=1", "temperature=0", "top_k=1", "top_k=3.0",
                                   "no_repeat_ngram=1", "repetition_penalty=0.01", "frequency_penalty=-2",
-                                  "presence_penalty=0"])
+                                  "presence_penalty=0", "frequency_penalty=100", "presence_penalty=-100",
+                                  "temperature=1e-300", "repetition_penalty=1e-300", "repetition_penalty=1e300"])
 def test_boundary_values_are_accepted(spec):
     build_sampler(spec)
 
@@ -474,12 +524,12 @@ def test_malformed_specs_say_what_is_wrong(spec, says):
 MASKING = (Greedy, TopK, TopP, MinP, Typical, NoRepeatNGram)  # these only remove tokens
 TRANSFORMS = st.one_of(
     st.just(Greedy()),
-    st.one_of(st.just(0.0), st.floats(0.01, 100)).map(Temperature),
+    st.one_of(st.sampled_from([0.0, 1e-300, 1e-40]), st.floats(0.01, 100)).map(Temperature),
     st.integers(1, 30).map(TopK),
     st.floats(0, 1, exclude_min=True).map(TopP),
     st.floats(0, 1, exclude_min=True).map(MinP),
     st.floats(0, 1, exclude_min=True).map(Typical),
-    st.floats(0.01, 100).map(RepetitionPenalty),
+    st.one_of(st.sampled_from([1e-300, 1e-40, 1e300]), st.floats(0.01, 100)).map(RepetitionPenalty),
     st.floats(-100, 100).map(FrequencyPenalty),
     st.floats(-100, 100).map(PresencePenalty),
     st.integers(1, 4).map(NoRepeatNGram),
@@ -530,6 +580,11 @@ def test_one_token_samplers_generate_the_greedy_continuation(model_and_greedy, s
     model, greedy = model_and_greedy
     assert [len(row) for row in greedy] == [NEW_TOKENS] * len(PROMPTS)
     assert armm.generate(model, PROMPTS, max_new_tokens=NEW_TOKENS, sampler=spec, seed=seed) == greedy
+
+
+def test_a_temperature_of_1e_300_generates_the_greedy_continuation(model_and_greedy):
+    model, greedy = model_and_greedy
+    assert armm.generate(model, PROMPTS, max_new_tokens=NEW_TOKENS, sampler="temperature=1e-300", seed=3) == greedy
 
 
 def test_greedy_generation_is_the_argmax_of_a_full_forward_pass(model_and_greedy):

@@ -12,21 +12,34 @@ from einops import rearrange, repeat
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+MAX_PIXELS = 2**26  # 8192 x 8192; the tokenizers shrink images to a few thousand pixels anyway
+
+
 def read_image(path: str | Path) -> torch.Tensor:
     """An 8-bit PNG or JPEG file → uint8 tensor [C, H, W] with its own channels (1 grey … 4 RGBA);
-    ValueError naming a corrupt file."""
+    ValueError naming a corrupt file, or one of more than ``MAX_PIXELS`` pixels (checked before decoding)."""
     import numpy as np
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise _too_large(path, f"{image.width}x{image.height}", "armm_image.image_io.MAX_PIXELS")
             if image.mode not in ("L", "LA", "RGB", "RGBA"):  # palette, bilevel, CMYK…
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             pixels = np.array(image)
+    except Image.DecompressionBombError:  # PIL's own cap, twice PIL.Image.MAX_IMAGE_PIXELS, checked as it opens
+        raise _too_large(path, f"over {2 * Image.MAX_IMAGE_PIXELS}",
+                         "armm_image.image_io.MAX_PIXELS and PIL.Image.MAX_IMAGE_PIXELS") from None
     except OSError as err:
         raise ValueError(f"{path} is not a readable PNG or JPEG image ({err})") from None
     pixels = pixels.reshape(*pixels.shape[:2], -1)  # grey comes without a channel axis: [H, W] → [H, W, 1]
     return rearrange(torch.from_numpy(pixels), "h w c -> c h w").contiguous()
+
+
+def _too_large(path: str | Path, size: str, limits: str) -> ValueError:
+    return ValueError(f"{path} is {size} pixels, more than the {MAX_PIXELS} armm reads; shrink the image first, "
+                      f"or raise {limits}")
 
 
 def convert(image: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.Tensor:

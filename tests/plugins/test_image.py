@@ -1,5 +1,7 @@
 """The image plugin: pixel tokens (8-bit, fewer bits, k-means palette), VQ-VAE codes, PNG/JPEG reading, PNG grids."""
 
+import struct
+import zlib
 from collections import Counter
 from contextlib import contextmanager
 
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 import armm
 from armm.testing import TokenizerContract
 from armm_image import PixelTokenizer, VQTokenizer, load_digits_images
+from armm_image.image_io import MAX_PIXELS
 from armm_image.metrics import code_usage, mse, psnr
 
 VQ_OPTIONS = dict(size=8, channels=1, downsample=2, codebook_size=32, code_dim=8, hidden=32, res_blocks=1, seed=0)
@@ -380,6 +383,34 @@ def test_read_names_a_corrupt_file_and_a_folder_without_images(tmp_path):
     (empty / "readme.txt").write_text("no images here")
     with pytest.raises(FileNotFoundError, match=str(empty)):
         tokenizer.read(empty)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A bilevel PNG whose header claims ``width`` x ``height`` pixels, with no pixel data behind it: a few bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit per pixel, grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height, size", [
+    (20000, 20000, "over "),  # past PIL's own decompression-bomb limit, which stops it as it opens
+    (8193, 8192, "8193x8192"),  # one column past armm's cap, below PIL's limit
+])
+def test_an_image_with_too_many_pixels_is_refused_before_decoding(tmp_path, width, height, size):
+    assert width * height > MAX_PIXELS
+    (tmp_path / "huge.png").write_bytes(png_claiming(width, height))
+    with pytest.raises(ValueError, match=rf"huge.png is {size}.* pixels, more than the {MAX_PIXELS} armm reads; "
+                                         r"shrink the image first, or raise armm_image.image_io.MAX_PIXELS"):
+        PixelTokenizer(size=8, channels=1).read(tmp_path)
+
+
+def test_an_image_at_the_pixel_cap_is_decoded(tmp_path):
+    """The cap itself is allowed: the header-only file gets as far as decoding, which finds no pixel data."""
+    (tmp_path / "edge.png").write_bytes(png_claiming(8192, MAX_PIXELS // 8192))
+    with pytest.raises(ValueError, match="edge.png is not a readable PNG or JPEG image"):
+        PixelTokenizer(size=8, channels=1).read(tmp_path)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
