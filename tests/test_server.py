@@ -38,9 +38,9 @@ def model_and_tokenizer():
 
 
 @contextmanager
-def running_server(model, tok, **kwargs):
+def running_server(model, tok, limits=Limits(max_tokens_limit=1500, max_choices=4), **kwargs):
     """A uvicorn server in a background thread on a free loopback port → its /v1 base URL; always shut down."""
-    app = create_app(Engine(model, tok), NAME, CHATML, limits=Limits(max_tokens_limit=1500, max_choices=4), **kwargs)
+    app = create_app(Engine(model, tok), NAME, CHATML, limits=limits, **kwargs)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import random
@@ -13,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -22,6 +21,7 @@ from armm.chat.templates import ChatTemplate, render
 from armm.sampling import build_sampler
 from armm.serving.engine import Engine, Event, Job
 from armm.serving.logprobs import OpenAILogprobs, ResponseLogprobs
+from armm.serving.middleware import LimitBody, RequireKey
 from armm.serving.protocol import APIError, ChatCompletionRequest, CompletionRequest, SamplingRequest
 
 log = logging.getLogger("armm.serve")
@@ -33,15 +33,17 @@ DISCONNECT_POLL_S = 0.5  # how often a waiting non-streamed request checks that 
 class Limits:
     """``max_tokens`` above ``max_tokens_limit``, a prompt above ``max_prompt_tokens`` (default: the context
     less one), a prompt plus ``max_tokens`` above the model's context, or more than ``max_choices`` choices
-    in one request are refused with 400."""
+    in one request are refused with 400; a request body over ``max_body_bytes`` with 413."""
 
     max_tokens_limit: int = 512
     max_prompt_tokens: int | None = None
     max_choices: int = 8
     completion_default_max_tokens: int = 16  # OpenAI's default for /v1/completions; chat defaults to the limit
+    max_body_bytes: int = 4 * 2**20
 
     def __post_init__(self) -> None:
-        for name in ("max_tokens_limit", "max_prompt_tokens", "max_choices", "completion_default_max_tokens"):
+        for name in ("max_tokens_limit", "max_prompt_tokens", "max_choices", "completion_default_max_tokens",
+                     "max_body_bytes"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -60,29 +62,32 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
         yield
         engine.close()
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            raise APIError(401, "missing or incorrect API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
-
-    app = FastAPI(title="armm", lifespan=lifespan, dependencies=[Depends(authorize)])
+    app = FastAPI(title="armm", lifespan=lifespan)
     _add_error_handlers(app)
+    app.add_middleware(LimitBody, max_bytes=limits.max_body_bytes)
+    if api_key is not None:  # added last, so it runs first: no byte of the body is read without the key
+        app.add_middleware(RequireKey, api_key=api_key)
 
     def check_model(body: SamplingRequest) -> None:
         if body.model != model_name:
             raise APIError(404, f"model {body.model!r} does not exist; this server serves {model_name!r}",
                            "model", "model_not_found")
 
+    def check_choices(choices: int) -> None:
+        """Refuse a request for more choices than the server allows, before any prompt is encoded."""
+        if choices > limits.max_choices:
+            raise APIError(400, f"{choices} choices requested (prompts × n); this server allows at most "
+                                f"{limits.max_choices}", "n")
+
+    def check_length(tokens: int, param: str) -> None:
+        if tokens > max_prompt:
+            raise APIError(400, f"the prompt has {tokens} tokens; this server accepts at most {max_prompt}", param,
+                           "context_length_exceeded")
+
     def budget(body: SamplingRequest, prompts: list[list[int]], default: int) -> int:
         """max_tokens, checked against the limits and the context of the longest prompt."""
         longest = max(len(p) for p in prompts)
-        if longest > max_prompt:
-            raise APIError(400, f"the prompt has {longest} tokens; this server accepts at most {max_prompt}",
-                           "messages" if isinstance(body, ChatCompletionRequest) else "prompt",
-                           "context_length_exceeded")
+        check_length(longest, "messages" if isinstance(body, ChatCompletionRequest) else "prompt")
         if body.max_tokens is None:
             return min(default, limits.max_tokens_limit, context - longest)
         if body.max_tokens > limits.max_tokens_limit:
@@ -97,9 +102,6 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
 
     def make_job(body: SamplingRequest, prompts: list[list[int]], default_max_tokens: int,
                  stop_ids: list[int], stop_strings: list[str], logprobs: int | None, echo: bool = False) -> Job:
-        if len(prompts) * body.n > limits.max_choices:
-            raise APIError(400, f"{len(prompts) * body.n} choices requested (prompts × n); this server allows "
-                                f"at most {limits.max_choices}", "n")
         seed = random.randrange(2**62) if body.seed is None else body.seed
         rows = [p for p in prompts for _ in range(body.n)]
         sampler = body.sampler_spec()
@@ -136,6 +138,7 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
         if body.max_tokens == 0 and not body.echo:
             raise APIError(400, "max_tokens=0 generates nothing; it is allowed only with echo=true, to score the "
                                 "prompt", "max_tokens")
+        check_choices(len(body.prompts) * body.n)
         prompts = [encode_prompt(p) for p in body.prompts]
         job = make_job(body, prompts, limits.completion_default_max_tokens, eos, body.stop_strings, body.alternatives,
                        bool(body.echo))
@@ -144,6 +147,7 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         check_model(body)
+        check_choices(body.n)
         try:
             rendered = render([m.as_dict() for m in body.messages], chat_template, tokenizer)
         except ValueError as err:
@@ -161,6 +165,7 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
             if not prompt:
                 raise APIError(400, "a prompt of token ids is empty; give at least one id (e.g. the bos token)",
                                "prompt")
+            check_length(len(prompt), "prompt")  # before looking at a million ids one by one
             bad = [t for t in prompt if not 0 <= t < tokenizer.vocab_size]
             if bad:
                 raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0 .. {tokenizer.vocab_size - 1})",

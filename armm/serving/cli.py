@@ -3,6 +3,7 @@ The web stack (FastAPI, uvicorn) is imported only when the server starts."""
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import sys
@@ -24,6 +25,7 @@ def serve(
     max_prompt_tokens: int | None = None,
     max_choices: int = 8,
     max_batch_size: int = 16,
+    max_body_bytes: int = 4 * 2**20,
     model_name: str | None = None,
     device: str | None = None,
     backend: Backend = "auto",
@@ -43,6 +45,8 @@ def serve(
         max_prompt_tokens: The longest prompt accepted, in tokens (default: the model's context less one).
         max_choices: The most choices (n, times the number of prompts) one request may ask for.
         max_batch_size: The most rows (choices of queued requests with the same sampling) generated together.
+        max_body_bytes: The largest request body accepted, in bytes (default 4 MiB); a larger one is answered 413
+            as soon as it passes the limit, before any of it is parsed.
         model_name: The name clients put in "model" (default: the model directory's name).
         device: Where the model runs (default: cuda when available, else cpu).
         backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`); on a GPU,
@@ -61,9 +65,11 @@ def serve(
     model_dir = Path(model_dir)
     model, tokenizer = load_pretrained(model_dir, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chat_template = get_template(template) if template else template_for_model(model_dir)
-    limits = Limits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens, max_choices=max_choices)
+    limits = Limits(max_tokens_limit=max_tokens_limit, max_prompt_tokens=max_prompt_tokens, max_choices=max_choices,
+                    max_body_bytes=max_body_bytes)
     app = create_app(Engine(model, tokenizer, max_batch_size, backend), model_name or model_dir.resolve().name,
                      chat_template, api_key=api_key, limits=limits)
+    gc.freeze()  # the model and the libraries live as long as the process: collections need not scan them again
     uvicorn.run(app, host=host, port=port)
 
 

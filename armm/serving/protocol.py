@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 UNSUPPORTED = ("best_of", "logit_bias", "suffix", "tools", "functions", "tool_choice", "response_format")
+
+# Counts checked when the request is parsed, before anything is encoded (the body limit bounds the parsing itself).
+MAX_STOP = 4  # stop strings per request, as OpenAI allows
+MAX_STOP_CHARS = 128  # each is matched against the text's end at every token
+MAX_PROMPTS = 1024  # prompts in one completions request; the server's --max_choices bounds prompts × n further
+MAX_MESSAGES = 2048  # messages in one chat request
+
+# Lists inside unions stop at their first bad item: a million token ids tried as a list of strings is one error,
+# not a million.
+Ids = Annotated[list[int], Field(fail_fast=True)]
+Texts = Annotated[list[str], Field(fail_fast=True)]
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(texts: Iterable[str]) -> None:
+    """Refuse text that cannot be encoded as UTF-8: JSON's ``\\ud800`` escapes give Python strings with lone
+    surrogates, which no tokenizer can encode."""
+    for text in texts:
+        if bad := _SURROGATE.search(text):
+            raise PydanticCustomError("invalid_unicode", "the text has a lone surrogate ({char}) at character {at}, "
+                                      "which is not Unicode; send valid UTF-8 text",
+                                      {"char": f"U+{ord(bad.group()):04X}", "at": bad.start()})
 
 
 class APIError(Exception):
@@ -44,7 +69,7 @@ class SamplingRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # seed + i per choice stays within torch's seeds
-    stop: str | list[str] | None = None
+    stop: str | Texts | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -58,12 +83,24 @@ class SamplingRequest(BaseModel):
                     raise ValueError(f"{name!r} is not supported by armm serve")
         return data
 
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOP:
+            raise PydanticCustomError("too_many_stops", "at most {limit} stop strings, got {count}",
+                                      {"limit": MAX_STOP, "count": len(stops)})
+        if not all(stops):
+            raise PydanticCustomError("empty_stop", "stop strings must be non-empty")
+        if longest := max((len(s) for s in stops if len(s) > MAX_STOP_CHARS), default=0):
+            raise PydanticCustomError("stop_too_long", "a stop string has {length} characters; at most {limit}",
+                                      {"length": longest, "limit": MAX_STOP_CHARS})
+        check_text(stops)
+        return stop
+
     @property
     def stop_strings(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if any(not s for s in stops):
-            raise APIError(400, "stop strings must be non-empty", "stop")
-        return stops
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property
     def include_usage(self) -> bool:
@@ -98,10 +135,25 @@ class CompletionRequest(SamplingRequest):
     puts the prompt before the completion, scored too with ``logprobs``, and allows ``max_tokens=0`` (score the
     prompt, generate nothing), as evaluation harnesses ask."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | Texts | Ids | Annotated[list[Ids], Field(fail_fast=True)]
     max_tokens: int | None = Field(None, ge=0)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _bounded_prompts(cls, prompt: Any) -> Any:
+        """At most ``MAX_PROMPTS`` prompts, counted before any is validated."""
+        if isinstance(prompt, list) and len(prompt) > MAX_PROMPTS and not isinstance(prompt[0], int):
+            raise PydanticCustomError("too_many_prompts", "at most {limit} prompts in one request, got {count}",
+                                      {"limit": MAX_PROMPTS, "count": len(prompt)})
+        return prompt
+
+    @field_validator("prompt")
+    @classmethod
+    def _unicode_prompts(cls, prompt: str | list[str] | list[int] | list[list[int]]) -> Any:
+        check_text([prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)])
+        return prompt
 
     @property
     def alternatives(self) -> int | None:
@@ -128,7 +180,13 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: str | Annotated[list[TextPart], Field(fail_fast=True)] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _unicode_content(cls, content: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        check_text([content] if isinstance(content, str) else [part.text for part in content or []])
+        return content
 
     def as_dict(self) -> dict[str, str]:
         content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content or [])
@@ -139,7 +197,7 @@ class ChatCompletionRequest(SamplingRequest):
     """``POST /v1/chat/completions``; ``max_completion_tokens`` is the newer name of ``max_tokens``. ``logprobs``
     lists each generated token's log-probability, and ``top_logprobs`` (0 to 20) those of its likeliest alternatives."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
