@@ -7,6 +7,7 @@ import argparse
 import math
 import sys
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,13 +18,14 @@ from rich.table import Table
 
 from armm.backends import Backend, Quantize
 from armm.chat.cli import chat
-from armm.checkpoint import load_model_with_tokenizer, save_model
+from armm.checkpoint import CONFIG_FILE, TOKENIZER_DIR, WEIGHTS_FILE, load_model_with_tokenizer, save_model
 from armm.config import ModelConfig
 from armm.generation import Guidance, PastContext, generate
 from armm.hf import convert
 from armm.inspect.cli import COMMANDS as INSPECT_COMMANDS
 from armm.layout import VocabLayout, sampler_for
 from armm.model import Transformer
+from armm.outputs import check_new, sample_output, write_new
 from armm.plugins import get_plugins
 from armm.scoring import score as score_ids
 from armm.scoring import Layout, score_documents
@@ -47,7 +49,8 @@ def plugins() -> None:
 
 
 def init(
-    model_dir: Path, preset: str = "gpt2-mini", tokenizer: str = "bytes", data: Path | None = None, seed: int = 0
+    model_dir: Path, preset: str = "gpt2-mini", tokenizer: str = "bytes", data: Path | None = None, seed: int = 0,
+    overwrite: bool = False,
 ) -> None:
     """Create a model directory with randomly initialised weights (a starting point, or a quick demo).
 
@@ -57,7 +60,9 @@ def init(
         tokenizer: A registered tokenizer name (see `armm plugins`); vocab_size follows it.
         data: A file, folder or glob to fit the tokenizer on first (for tokenizers that learn a vocabulary).
         seed: Seed of the random initialisation.
+        overwrite: Replace the model a directory already holds (refused otherwise).
     """
+    check_new([Path(model_dir) / name for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR)], overwrite)
     tok = get_plugins().tokenizers.get(tokenizer)()
     if data is not None:
         tok.fit(tok.read(data))
@@ -75,7 +80,8 @@ def sample(
     seed: int | None = None,
     num_samples: int = 1,
     stream: bool = False,
-    output: Path | None = None,
+    output: str | None = None,
+    overwrite: bool = False,
     part_samplers: dict[str, str] | None = None,
     guidance: float | None = None,
     guidance_tokens: int | None = None,
@@ -93,8 +99,12 @@ def sample(
         seed: Random seed; sample i uses seed + i, so results are reproducible.
         num_samples: How many samples to draw.
         stream: Print text as it is generated.
-        output: Write the samples to this path in the modality's format (.txt, .fasta, .wav, .png…);
-            required for modalities whose samples are not text.
+        output: Write the samples to this file in the modality's format (.txt, .fasta, .wav, .png…: a suffix the
+            tokenizer writes, or none, and it adds its own); required for modalities whose samples are not text.
+            Several samples are numbered (out-0.txt, out-1.txt) or gathered in one file (a FASTA, an image grid), as
+            the modality does. An existing folder, or a path ending with "/", gets them inside it as sample.txt
+            (sample-0.txt, …).
+        overwrite: Replace files --output would write that exist already (refused otherwise).
         part_samplers: For a mixed-modality model, a sampler per part, e.g. '{"image": "top_k=64"}'
             (--sampler applies elsewhere); generation always keeps to the layout's spans.
         guidance: Classifier-free guidance scale for a mixed-modality model trained with condition dropout
@@ -115,6 +125,7 @@ def sample(
         raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
     if output is None and not tok.decodes_text:
         raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
+    target = None if output is None else sample_output(output, tok)
     ids = _prompt_ids(tok, prompt)
     sampler = sampler_for(tok, sampler, part_samplers)
     guided = guidance is not None or guidance_tokens is not None
@@ -141,10 +152,9 @@ def sample(
                        stop_tokens=stops, seed=seeds, guidance=guide(num_samples), backend=backend,
                        quantize=quantize, past_context=past_context)
     samples = [tok.decode(ids + new) for new in outputs]
-    if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        for path in tok.write(samples, output):
-            console.print(f"wrote {path}", highlight=False)
+    if target is not None:
+        for path in write_new(target, lambda path: tok.write(samples, path), overwrite):
+            console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
         return
     for i, text in enumerate(samples):
         if num_samples > 1:
@@ -207,7 +217,7 @@ def _sample_ids(tok: Tokenizer, sample) -> list[int]:
 
 def _normalise_args(argv: list[str]) -> list[str]:
     """Accept ``--max-new-tokens`` for ``--max_new_tokens``, and a bare boolean flag (``--stream``) for ``--stream=true``."""
-    command = next((c for c in COMMANDS if argv and c.__name__ == argv[0]), None)
+    command = _command(argv)
     flags = {n for n, t in typing.get_type_hints(command).items() if t is bool} if command else set()
     out = []
     for i, arg in enumerate(argv):
@@ -220,6 +230,15 @@ def _normalise_args(argv: list[str]) -> list[str]:
             arg = "--" + name + sep + value
         out.append(arg)
     return out
+
+
+def _command(argv: list[str]) -> Callable | None:
+    """The function ``argv`` runs (for ``inspect NAME``, that subcommand's), if any."""
+    if argv[:1] == ["inspect"]:
+        found = INSPECT_COMMANDS.get(argv[1]) if len(argv) > 1 else None
+    else:
+        found = next((c for c in COMMANDS if argv and c.__name__ == argv[0]), None)
+    return found if callable(found) else None
 
 
 COMMANDS = [plugins, init, sample, score, chat, serve, convert]

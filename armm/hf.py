@@ -20,6 +20,7 @@ from armm.checkpoint import TOKENIZER_DIR, load_model, save_model
 from armm.config import ROPE_SCALINGS, ModelConfig
 from armm.files import read_json_object
 from armm.model import Transformer
+from armm.outputs import write_new
 from armm.plugins import get_plugins
 from armm.tokenizer import Tokenizer
 
@@ -400,9 +401,20 @@ def _token_texts(tokenizer_json: dict[str, Any]) -> dict[int, str]:
 
 
 # --- import and export -----------------------------------------------------------------------------------
+def check_apart(source: Path, output: Path) -> None:
+    """Refuse to convert into the source folder itself or a folder inside it (a ValueError): that would replace
+    or mix with the very files being converted."""
+    source, output = source.resolve(), output.resolve()
+    if output == source or source in output.parents:
+        where = "the source folder" if output == source else f"inside the source folder {source}"
+        raise ValueError(f"{output} is {where}: convert into a folder outside it")
+
+
 def import_hf(source: str | Path, output: str | Path) -> Path:
-    """Convert a HF checkpoint folder into an armm model directory, keeping its chat template."""
+    """Convert a HF checkpoint folder into an armm model directory, keeping its chat template. Files of the same
+    names already in ``output`` are replaced, as ``armm.save_model`` does; ``output`` may not be in ``source``."""
     source, output = Path(source), Path(output)
+    check_apart(source, output)
     model, tokenizer = load_hf(source)
     save_model(output, model, tokenizer)
     copy_chat_files(source, output)
@@ -422,8 +434,10 @@ def copy_chat_files(source: Path, output: Path, settings: str = TOKENIZER_CONFIG
 def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Write an armm model directory as a HF checkpoint folder (GPT2LMHeadModel or LlamaForCausalLM) that
     ``transformers`` loads: config.json, model.safetensors, and tokenizer.json + tokenizer_config.json when the
-    tokenizer is a BPE over a tokenizers backend (other tokenizers are not exported)."""
+    tokenizer is a BPE over a tokenizers backend (other tokenizers are not exported). Files of the same names
+    already in ``out_dir`` are replaced; ``out_dir`` may not be in ``model_dir``."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_apart(model_dir, out_dir)
     model, tokenizer = load_model(model_dir)
     config = model.config
     family = family_of(config)
@@ -465,15 +479,34 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def convert(source: Path, output: Path, to: Literal["armm", "hf"] = "armm") -> None:
+def convert(source: Path, output: Path, to: Literal["armm", "hf"] = "armm", overwrite: bool = False) -> None:
     """Convert between a Hugging Face checkpoint folder and an armm model directory (offline, safetensors only).
 
     Args:
         source: A HF folder (config.json, model.safetensors or sharded, tokenizer.json) with --to armm; an armm
             model directory with --to hf.
-        output: The folder to write.
+        output: The folder to write: a new or empty one, outside SOURCE.
         to: "armm" imports a GPT-2 / Llama / Mistral / Qwen2 checkpoint; "hf" exports to GPT2LMHeadModel or
             LlamaForCausalLM, loadable by transformers.
+        overwrite: Write into a folder that is not empty, replacing the files of the same names (the other files
+            there stay).
     """
-    written = import_hf(source, output) if to == "armm" else export_hf(source, output)
-    print(f"wrote {written}")
+    check_apart(source, output)
+    check_empty(output, overwrite)
+    write = import_hf if to == "armm" else export_hf
+    write_new(output, lambda staged: files_under(write(source, staged)), overwrite=True)
+    print(f"wrote {output}")
+
+
+def check_empty(folder: Path, overwrite: bool) -> None:
+    """Refuse a file, and a folder that is not empty unless ``overwrite`` (FileExistsError)."""
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file, not a folder: choose another OUTPUT")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} is not empty: pass --overwrite to replace the files convert writes there, "
+                              "or choose a new folder")
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file in ``folder`` and its subfolders."""
+    return [path for path in folder.rglob("*") if path.is_file()]

@@ -47,6 +47,15 @@ def test_streamed_and_seeded_samples_are_reproducible(model_dir, capsys):
     assert plain.strip() in out and "sample 1" in out
 
 
+def test_a_vanishing_temperature_samples_what_greedy_does(model_dir, capsys):
+    """temperature=1e-300 overflowed the logits to NaN and printed token 0 over and over; its limit is greedy."""
+    main(["sample", str(model_dir), "--prompt", "ab", "--max-new-tokens", "16", "--sampler", "greedy"])
+    greedy = capsys.readouterr().out
+    main(["sample", str(model_dir), "--prompt", "ab", "--max-new-tokens", "16", "--sampler", "temperature=1e-300",
+          "--seed", "1"])
+    assert capsys.readouterr().out == greedy
+
+
 def test_every_backend_samples_what_eager_decoding_does(model_dir, capsys):
     args = ["sample", str(model_dir), "--prompt", "Hi", "--max-new-tokens", "8"]
     main(args + ["--backend", "eager"])
@@ -118,14 +127,14 @@ def test_sample_from_a_mixed_model_keeps_to_spans_with_guidance_and_per_part_sam
 
     args = ["sample", str(mixed_model_dir), "--prompt", "a two", "--num-samples", "3", "--seed", "0",
             "--sampler", "temperature=1", "--part-samplers", '{"image": "top_k=3"}', "--max-new-tokens", "40",
-            "--guidance", "3", "--guidance-tokens", "2", "--output", str(tmp_path / "out" / "s.txt")]
+            "--guidance", "3", "--guidance-tokens", "2", "--output", str(tmp_path / "out" / "s.jsonl")]
     main(args)
     _, layout = armm.load_model(mixed_model_dir)
     samples = layout.read(tmp_path / "out" / "s.jsonl")  # the manifest: text inline, images as PNG files beside it
     assert len(samples) == 3 and all(sample[0] == ("text", "a two") for sample in samples)
     for sample in samples:  # whatever the random model drew after the prompt, the span constraint kept it whole
         assert all(part.sample.shape == torch.Size([1, 2, 2]) for part in sample if part.name == "image")
-    main(args[:-1] + [str(tmp_path / "again" / "s.txt")])  # seeded: the same samples again
+    main(args[:-1] + [str(tmp_path / "again" / "s.jsonl")])  # seeded: the same samples again
     again = layout.read(tmp_path / "again" / "s.jsonl")
     assert [[(p.name, p.sample if isinstance(p.sample, str) else p.sample.tolist()) for p in s] for s in samples] == \
         [[(p.name, p.sample if isinstance(p.sample, str) else p.sample.tolist()) for p in s] for s in again]

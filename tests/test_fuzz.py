@@ -1,4 +1,6 @@
-"""Fuzzing with hypothesis: every registered tokenizer and the sampler-spec parser fail only in their documented ways.
+"""Fuzzing with hypothesis: every tokenizer armm registers and the sampler-spec parser fail only in their documented
+ways. Other installed plugins are left to their own contract tests (``armm.testing``): these tests check armm's own
+tokenizers and samplers, and hold whatever else is registered.
 
 For each tokenizer: decoding any ids inside the vocabulary gives a sample of its modality, ids outside (or not
 integers) raise ValueError, and encoding random input of the right kind either works or raises the documented
@@ -20,6 +22,8 @@ from pydoc_data.topics import topics
 import armm
 from armm.classes import ClassTokenizer
 from armm.layout import VocabLayout
+from armm.plugins import Plugins, make_plugin_manager
+from armm.registry import Registry
 from armm.sampling import parse_spec
 from armm.tokenizer import Tokenizer
 from armm_audio import CodecTokenizer, MuLawTokenizer
@@ -34,7 +38,8 @@ IMAGE_KINDS = ("image-pixels", "image-vq")
 
 
 def make_tokenizers() -> dict[str, Tokenizer]:
-    """One small instance of every registered tokenizer except the composite ``mixed`` (fuzzed through its parts)."""
+    """One small instance of every tokenizer armm registers except the composite ``mixed`` (fuzzed through its
+    parts)."""
     text = BPETokenizer(vocab_size=320)
     text.fit(list(topics.values())[:20])
     code = CodeTokenizer(vocab_size=320)
@@ -50,8 +55,13 @@ def make_tokenizers() -> dict[str, Tokenizer]:
 TOKENIZERS = make_tokenizers()
 
 
-def test_every_registered_tokenizer_is_fuzzed():
-    assert set(TOKENIZERS) | {"mixed"} == {entry.name for entry in armm.get_plugins().tokenizers}
+def first_party(registry: Registry) -> set[str]:
+    """The names armm registers itself: built in, or by the plugins of its own distribution."""
+    return {entry.name for entry in registry if entry.provider.split()[0] == "armm"}
+
+
+def test_every_tokenizer_armm_registers_is_fuzzed():
+    assert set(TOKENIZERS) | {"mixed"} == first_party(armm.get_plugins().tokenizers)
 
 
 def assert_is_a_sample(tokenizer: Tokenizer, sample: object) -> None:
@@ -230,7 +240,7 @@ def test_any_string_as_a_sampler_spec_raises_only_value_error(spec):
 
 
 probability = st.one_of(st.floats(0, 1, exclude_min=True), st.just(1))  # (0, 1]
-penalty = st.one_of(st.floats(-1e6, 1e6), st.integers(-10**6, 10**6))
+penalty = st.one_of(st.floats(-100, 100), st.integers(-100, 100))  # additive penalties: [-100, 100]
 VALUES: dict[str, st.SearchStrategy | None] = {  # every registered sampler → its valid values (None: no value)
     "greedy": None,
     "spans": None,
@@ -254,8 +264,8 @@ def spec_item(name: str) -> st.SearchStrategy[str]:
     return st.tuples(pad, values, pad).map(lambda item: f"{item[0]}{name}={item[1]!r}{item[2]}")
 
 
-def test_every_registered_sampler_has_a_value_domain_here():
-    assert {entry.name for entry in armm.get_plugins().samplers} == set(VALUES)
+def test_every_sampler_armm_registers_has_a_value_domain_here():
+    assert first_party(armm.get_plugins().samplers) == set(VALUES)
 
 
 @FUZZ
@@ -270,3 +280,39 @@ def test_every_well_formed_spec_from_the_registry_builds(spec):
 def test_an_integer_too_large_for_a_float_is_a_value_error(spec):
     with pytest.raises(ValueError):
         armm.build_sampler(spec)
+
+
+# --- the registry checks hold whatever else is installed ------------------------------------------------------------
+class Elsewhere:
+    """A third-party plugin, registered at run time: a tokenizer and a sampler armm does not know."""
+
+    class Bases(armm.ByteTokenizer):
+        name = "elsewhere-bases"
+
+    class Shout:
+        def __call__(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+            return logits * 2
+
+    @armm.hookimpl
+    def armm_register_tokenizers(self, register) -> None:
+        register(self.Bases.name, self.Bases)
+
+    @armm.hookimpl
+    def armm_register_samplers(self, register) -> None:
+        register("elsewhere_shout", self.Shout)
+
+
+def test_the_registry_checks_hold_with_a_third_party_plugin_installed_and_still_catch_a_missing_one(monkeypatch):
+    pm = make_plugin_manager()
+    pm.register(Elsewhere(), name="armm-elsewhere")
+    plugins = Plugins.from_manager(pm)
+    assert {"elsewhere-bases", "elsewhere_shout"} <= {entry.name for entry in [*plugins.tokenizers, *plugins.samplers]}
+    monkeypatch.setattr(armm, "get_plugins", lambda: plugins)
+    test_every_tokenizer_armm_registers_is_fuzzed()
+    test_every_sampler_armm_registers_has_a_value_domain_here()
+    monkeypatch.delitem(TOKENIZERS, "protein")
+    monkeypatch.delitem(VALUES, "top_k")
+    with pytest.raises(AssertionError):
+        test_every_tokenizer_armm_registers_is_fuzzed()
+    with pytest.raises(AssertionError):
+        test_every_sampler_armm_registers_has_a_value_domain_here()

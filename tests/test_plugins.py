@@ -1,4 +1,8 @@
-"""Plugin discovery through the armm.plugins entry-point group, using real (temporary) distributions on sys.path."""
+"""Plugin discovery through the armm.plugins entry-point group, using real (temporary) distributions on sys.path.
+
+The fake plugins register names no real plugin claims (`fake-dna`, not the tutorial's `dna`), so these tests hold
+whatever other armm plugins are installed.
+"""
 
 import textwrap
 
@@ -54,35 +58,36 @@ def site(tmp_path, monkeypatch):
 
 
 def test_a_plugin_is_found_through_its_entry_point_with_its_provider(site):
-    install_fake_distribution(site, "armm-fake", "armm_fake_plugin", "dna", "shout")
+    install_fake_distribution(site, "armm-fake", "armm_fake_plugin", "fake-dna", "fake_shout")
     plugins = armm.get_plugins()
-    assert plugins.tokenizers.get("dna").name == "dna"
+    assert plugins.tokenizers.get("fake-dna").name == "fake-dna"
     providers = {entry.name: entry.provider for entry in plugins.samplers}
-    assert providers["shout"] == "armm-fake 1.0"
+    assert providers["fake_shout"] == "armm-fake 1.0"
     assert providers["greedy"] == "armm (built-in)"
-    sampler = armm.build_sampler("shout,top_k=1")
+    sampler = armm.build_sampler("fake_shout,top_k=1")
     assert [type(t).__name__ for t in sampler.transforms] == ["Shout", "TopK"]
 
 
 def test_two_distributions_claiming_one_name_are_refused_naming_both(site):
-    install_fake_distribution(site, "armm-first", "armm_first_plugin", "dna", "shout_a")
-    install_fake_distribution(site, "armm-second", "armm_second_plugin", "dna", "shout_b")
-    with pytest.raises(PluginError, match=r"tokenizer 'dna' is registered twice: by armm-\w+ 1.0 and by armm-\w+ 1.0"):
+    install_fake_distribution(site, "armm-first", "armm_first_plugin", "fake-dna", "fake_shout_a")
+    install_fake_distribution(site, "armm-second", "armm_second_plugin", "fake-dna", "fake_shout_b")
+    twice = r"tokenizer 'fake-dna' is registered twice: by armm-\w+ 1.0 and by armm-\w+ 1.0"
+    with pytest.raises(PluginError, match=twice):
         armm.get_plugins()
 
 
 def test_a_plugin_cannot_shadow_a_builtin_sampler(site):
-    install_fake_distribution(site, "armm-rogue", "armm_rogue_plugin", "dna2", "greedy")
+    install_fake_distribution(site, "armm-rogue", "armm_rogue_plugin", "fake-dna-2", "greedy")
     with pytest.raises(PluginError, match=r"sampler 'greedy' is registered twice: by armm \(built-in\) and by armm-rogue 1.0"):
         armm.get_plugins()
 
 
 def test_autoloading_can_be_switched_off(site, monkeypatch):
-    install_fake_distribution(site, "armm-fake", "armm_fake_plugin", "dna", "shout")
+    install_fake_distribution(site, "armm-fake", "armm_fake_plugin", "fake-dna", "fake_shout")
     monkeypatch.setenv(DISABLE_AUTOLOAD_ENV, "1")
     plugins = Plugins.from_manager(make_plugin_manager())
-    assert "dna" not in plugins.tokenizers and "greedy" in plugins.samplers
-    assert "dna" in Plugins.from_manager(make_plugin_manager(autoload=True)).tokenizers
+    assert "fake-dna" not in plugins.tokenizers and "greedy" in plugins.samplers
+    assert "fake-dna" in Plugins.from_manager(make_plugin_manager(autoload=True)).tokenizers
 
 
 def test_a_hook_implementation_may_take_fewer_arguments(site):
@@ -110,13 +115,13 @@ def test_unknown_tokenizer_names_the_available_ones(site):
 
 
 def test_armm_plugins_lists_every_tokenizer_and_sampler_with_its_provider(site, capsys):
-    install_fake_distribution(site, "armm-fake", "armm_fake_plugin", "dna", "shout")
+    install_fake_distribution(site, "armm-fake", "armm_fake_plugin", "fake-dna", "fake_shout")
     main(["plugins"])
     lines = capsys.readouterr().out.splitlines()
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines if line.count("│") == 4]
-    assert ["tokenizer", "dna", "armm-fake 1.0"] in rows
+    assert ["tokenizer", "fake-dna", "armm-fake 1.0"] in rows
     assert ["tokenizer", "bytes", "armm (built-in)"] in rows
-    assert ["sampler", "shout", "armm-fake 1.0"] in rows
+    assert ["sampler", "fake_shout", "armm-fake 1.0"] in rows
     for name in ("greedy", "temperature", "top_k", "top_p", "min_p", "typical", "repetition_penalty",
                  "frequency_penalty", "presence_penalty", "no_repeat_ngram"):
         assert ["sampler", name, "armm (built-in)"] in rows

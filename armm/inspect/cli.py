@@ -6,6 +6,7 @@ Each command computes with ``armm.inspect.api``, prints to the terminal with ric
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.columns import Columns
@@ -19,6 +20,7 @@ from armm.inspect.api import (
     Attention, Candidate, attention, generation_steps, next_token, prompt_ids, surprise, text_pieces, token_labels,
     visible,
 )
+from armm.outputs import check_new, write_new
 from armm.tokenizer import Tokenizer
 
 console = Console()
@@ -28,8 +30,28 @@ THRESHOLDS = (0.05, 0.25, 0.5, 0.75)
 MAX_TERMINAL_TOKENS = 48  # attention maps wider than this are cut to the last tokens in the terminal
 
 
-def _wrote(path: Path) -> None:
-    console.print(f"wrote {path}", markup=False, highlight=False)
+FORMATS = {"plot": ("a PNG image", ".png"), "html": ("an HTML page", ".html")}  # what --plot and --html write
+
+
+def _check_outputs(overwrite: bool, **outputs: Path | None) -> None:
+    """Before any compute: each file given (``plot=``, ``html=``) ends with the suffix of what it receives, and is new
+    unless ``overwrite``; a ValueError or FileExistsError otherwise."""
+    given = {option: path for option, path in outputs.items() if path is not None}
+    for option, path in given.items():
+        kind, suffix = FORMATS[option]
+        if path.suffix.lower() != suffix:
+            raise ValueError(f"--{option} {path}: it writes {kind}; end --{option} with {suffix}")
+    check_new(given.values(), overwrite)
+
+
+def _write(path: Path, draw: Callable[[Path], object], overwrite: bool) -> None:
+    """``draw(file)`` writes ``path`` whole: into a temporary file beside it, then moved into place."""
+    def staged(file: Path) -> list[Path]:
+        draw(file)
+        return [file]
+
+    for written in write_new(path, staged, overwrite):
+        console.print(f"wrote {written}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _context_text(tok: Tokenizer, ids: list[int], limit: int = 70) -> str:
@@ -62,7 +84,7 @@ def _candidates_table(candidates: list[Candidate], title: str | None, drawn: int
 
 # --- next ------------------------------------------------------------------------------------------------
 def inspect_next(model_dir: Path, prompt: str = "", top: int = 10, sampler: str | None = None,
-                 plot: Path | None = None) -> None:
+                 plot: Path | None = None, overwrite: bool = False) -> None:
     """The distribution over the next token: the model's softmax and what the sampler chain leaves of it.
 
     Args:
@@ -71,8 +93,10 @@ def inspect_next(model_dir: Path, prompt: str = "", top: int = 10, sampler: str 
         top: How many of the most likely tokens to list.
         sampler: A sampler spec such as "temperature=0.7,top_p=0.9" (default temperature=1: the model's own
             distribution).
-        plot: Write a bar chart of both distributions to this PNG file.
+        plot: Write a bar chart of both distributions to this PNG file (.png).
+        overwrite: Replace the --plot file if it exists (refused otherwise).
     """
+    _check_outputs(overwrite, plot=plot)
     model, tok = load_model_with_tokenizer(model_dir)
     ids = prompt_ids(tok, prompt)
     result = next_token(model, tok, ids, sampler=sampler, top=top)
@@ -83,8 +107,8 @@ def inspect_next(model_dir: Path, prompt: str = "", top: int = 10, sampler: str 
     if plot is not None:
         from armm.inspect.plots import plot_next_token
 
-        plot_next_token(result, plot, context=_context_text(tok, ids))
-        _wrote(plot)
+        context = _context_text(tok, ids)
+        _write(plot, lambda file: plot_next_token(result, file, context=context), overwrite)
 
 
 # --- attention -----------------------------------------------------------------------------------------
@@ -113,7 +137,7 @@ def _heat_map(result: Attention, i: int, j: int, *, labels: bool) -> Text:
 
 
 def inspect_attention(model_dir: Path, prompt: str = "", layer: int | None = None, head: int | None = None,
-                      plot: Path | None = None) -> None:
+                      plot: Path | None = None, overwrite: bool = False) -> None:
     """Attention maps of the prompt: which earlier tokens each token looks at, in every layer and head.
 
     Args:
@@ -121,9 +145,11 @@ def inspect_attention(model_dir: Path, prompt: str = "", layer: int | None = Non
         prompt: The text whose attention is shown (after the tokenizer's bos token).
         layer: Only this layer (0-based; negative counts from the end).
         head: Only this head.
-        plot: Write a PNG: the heat map of one head when --layer and --head are given, else a grid of the
+        plot: Write a PNG (.png): the heat map of one head when --layer and --head are given, else a grid of the
             selected heads.
+        overwrite: Replace the --plot file if it exists (refused otherwise).
     """
+    _check_outputs(overwrite, plot=plot)
     model, tok = load_model_with_tokenizer(model_dir)
     ids = prompt_ids(tok, prompt)
     result = attention(model, ids, layer, head, tokenizer=tok)
@@ -146,8 +172,7 @@ def inspect_attention(model_dir: Path, prompt: str = "", layer: int | None = Non
         from armm.inspect.plots import plot_attention, plot_attention_grid
 
         single = len(result.layers) == 1 and len(result.heads) == 1
-        (plot_attention if single else plot_attention_grid)(result, plot)
-        _wrote(plot)
+        _write(plot, lambda file: (plot_attention if single else plot_attention_grid)(result, file), overwrite)
 
 
 # --- surprise ------------------------------------------------------------------------------------------
@@ -167,20 +192,22 @@ def _read_sample(tok: Tokenizer, file: Path):
 
 
 def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | None = None,
-                     html: Path | None = None, backend: Backend = "auto") -> None:
+                     html: Path | None = None, backend: Backend = "auto", overwrite: bool = False) -> None:
     """How surprised the model is by each token of a file: -log2 P(token | everything before it).
 
     Args:
         model_dir: A model directory.
         text: The file to score, read by the model's tokenizer plugin (the first sample it holds).
-        plot: Write the tokens, coloured by surprisal, to this PNG file.
-        html: Write them as an HTML page (hover a token for its probability).
+        plot: Write the tokens, coloured by surprisal, to this PNG file (.png).
+        html: Write them as an HTML page (.html; hover a token for its probability).
         backend: How the forwards run (auto, eager, native, compiled; see `armm sample --help`).
+        overwrite: Replace the --plot and --html files if they exist (refused otherwise).
     """
     from armm.inspect.plots import display_pieces, max_surprise_bits, surprise_colour
 
     if text is None:
         raise ValueError("give the file to score with --text FILE")
+    _check_outputs(overwrite, plot=plot, html=html)
     model, tok = load_model_with_tokenizer(model_dir)
     sample = _read_sample(tok, text)
     ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(sample)
@@ -211,12 +238,12 @@ def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | Non
     if plot is not None:
         from armm.inspect.plots import plot_surprise
 
-        plot_surprise(result, plot)
-        _wrote(plot)
+        _write(plot, lambda file: plot_surprise(result, file), overwrite)
     if html is not None:
         from armm.inspect.plots import write_surprise_html
 
-        _wrote(write_surprise_html(result, html, title=f"surprise of {text.name} under {model_dir}"))
+        title = f"surprise of {text.name} under {model_dir}"
+        _write(html, lambda file: write_surprise_html(result, file, title=title), overwrite)
 
 
 # --- generation ----------------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ import re
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from armm.training.callbacks import ExportModel, PlotCurves
@@ -41,6 +44,23 @@ class ArmmCLI(LightningCLI):
                              "checkpoints with weights_only=True (tensors and plain data only): leave it unset")
         section["weights_only"] = True
         check_checkpoint(section.get("ckpt_path"))
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with at most one progress bar, so that the command line can choose it: none when
+        ``--trainer.enable_progress_bar false``, else the last one listed in ``trainer.callbacks`` (one added with
+        ``--trainer.callbacks+=TQDMProgressBar`` replaces the recipe's)."""
+        trainer = self._get(self.config_init, "trainer", default={})
+        callbacks = one_progress_bar(trainer.get("callbacks"), enabled=trainer.get("enable_progress_bar") is not False)
+        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+
+
+def one_progress_bar(callbacks: list[Callback] | Callback | None, enabled: bool) -> list[Callback]:
+    """``callbacks`` (a list, one callback or none) without its progress bars but the last, or without any when the
+    bar is not ``enabled``: Lightning refuses a bar that is turned off, and more than one."""
+    listed = callbacks if isinstance(callbacks, list) else [] if callbacks is None else [callbacks]
+    bars = [callback for callback in listed if isinstance(callback, ProgressBar)]
+    dropped = bars[:-1] if enabled else bars
+    return [callback for callback in listed if not any(callback is bar for bar in dropped)]
 
 
 def check_checkpoint(path: str | Path | None) -> None:
