@@ -10,12 +10,14 @@ test_sampling, tests/plugins); here each error class appears once, as a user mee
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
+from unittest import mock
 
 import lightning.pytorch  # noqa: F401  (imported at collection: its log handler must not keep a test's stderr)
 import numpy as np
@@ -38,6 +40,7 @@ from armm_image import PixelTokenizer
 from armm_protein import ProteinTokenizer
 from armm_text import BPETokenizer
 from tests.conftest import tiny_recipe
+from tests.plugins.test_image import png_claiming
 
 CATALOGUE = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 
@@ -155,6 +158,43 @@ def checkpoint(contents: bytes | dict) -> Callable[[World, Path], list]:
 
 
 # --- the command line ---------------------------------------------------------------------------------------------
+def existing_output(w: World, tmp: Path) -> list:
+    """`armm sample --output notes.txt` where notes.txt holds the user's own text."""
+    (tmp / "notes.txt").write_text("mine")
+    return ["sample", w.text, "--max-new-tokens", "2", "--output", tmp / "notes.txt"]
+
+
+def output_on_a_folder(w: World, tmp: Path) -> list:
+    """Two samples numbered s-0.txt, s-1.txt, where a folder s-0.txt exists."""
+    (tmp / "s-0.txt").mkdir()
+    return ["sample", w.text, "--max-new-tokens", "2", "--num-samples", "2", "--output", tmp / "s.txt"]
+
+
+def huge_png(w: World, tmp: Path) -> list:
+    """`armm score` of an image whose PNG header claims 20000 x 20000 pixels (a few bytes on disk)."""
+    (tmp / "huge.png").write_bytes(png_claiming(20000, 20000))
+    return ["score", w.image, "--file", tmp / "huge.png"]
+
+
+def sparse(path: Path, size: int) -> None:
+    """Make ``path`` ``size`` bytes long without writing them (a sparse file)."""
+    with path.open("r+b") as handle:
+        handle.truncate(size)
+
+
+def existing_plot(w: World, tmp: Path) -> list:
+    """`armm inspect next --plot next.png` where next.png is the user's own file."""
+    (tmp / "next.png").write_text("mine")
+    return ["inspect", "next", w.text, "--prompt", "ab", "--plot", tmp / "next.png"]
+
+
+def convert_into_a_full_folder(w: World, tmp: Path) -> list:
+    """`armm convert` into a folder that holds the user's own notes."""
+    (tmp / "hf").mkdir()
+    (tmp / "hf" / "notes.txt").write_text("mine")
+    return ["convert", w.text, tmp / "hf", "--to", "hf"]
+
+
 CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
     "cli-unknown-command": (lambda w, tmp: ["samplex", w.text], "invalid choice: 'samplex'"),
     "cli-unknown-option": (fit("--data.bogus", "1"), "unrecognized arguments: --data.bogus 1 (see `armm fit --help`)"),
@@ -167,12 +207,26 @@ CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
     "cli-text-of-a-file-modality": (lambda w, tmp: ["score", w.image, "--text", "hi"],
                                     "--text scores text, but image samples are files: pass --file PATH"),
     "cli-num-samples": (lambda w, tmp: ["sample", w.text, "--num-samples", "0"], "--num-samples must be >= 1"),
+    "cli-output-exists": (existing_output, "notes.txt already exists: pass --overwrite to replace it, or choose "
+                                           "another path"),
+    "cli-output-suffix": (lambda w, tmp: ["sample", w.text, "--output", tmp / "notes.md"],
+                          "tokenizer 'bytes' writes .txt files, not .md; end --output with .txt, or leave the suffix out"),
+    "cli-output-folder": (output_on_a_folder, "s-0.txt is a folder: choose another path"),
+    "cli-init-exists": (lambda w, tmp: ["init", w.text, "--preset", "gpt2-tiny"],
+                        "tokenizer already exist: pass --overwrite to replace them, or choose another path"),
+    "cli-plot-exists": (existing_plot, "next.png already exists: pass --overwrite to replace it, or choose another path"),
+    "cli-plot-suffix": (lambda w, tmp: ["inspect", "next", w.text, "--plot", tmp / "notes.txt"],
+                        "notes.txt: it writes a PNG image; end --plot with .png"),
+    "cli-convert-onto-source": (lambda w, tmp: ["convert", w.copy(tmp), tmp / "text", "--to", "hf"],
+                                "text is the source folder: convert into a folder outside it"),
+    "cli-convert-exists": (convert_into_a_full_folder, "hf is not empty: pass --overwrite to replace the files convert "
+                                                       "writes there, or choose a new folder"),
     "cli-no-bos-no-prompt": (lambda w, tmp: ["sample", w.no_bos],
                              "has no bos token, so generation needs a non-empty --prompt"),
     "cli-mixed-options-on-one-modality": (lambda w, tmp: ["sample", w.text, "--guidance-tokens", "2"],
                                           "--guidance needs a mixed-modality model"),
     "sampler-unknown": (lambda w, tmp: ["sample", w.text, "--sampler", "top_k=5,beam=4"],
-                        "unknown sampler 'beam'; available: frequency_penalty, greedy"),
+                        "unknown sampler 'beam'; available: "),
     "sampler-bad-value": (lambda w, tmp: ["sample", w.text, "--sampler", "temperature=-1"],
                           "temperature must be a number >= 0"),
     "sampler-not-a-number": (lambda w, tmp: ["sample", w.text, "--sampler", "top_p=high"],
@@ -204,8 +258,8 @@ CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
     "tokenizer-meta-malformed": (broken_dir("text", lambda d: (d / "tokenizer" / "armm_tokenizer.json")
                                             .write_text("[]")), "armm_tokenizer.json should hold a JSON object"),
     "tokenizer-not-installed": (broken_dir("text", lambda d: edit_json(d / "tokenizer" / "armm_tokenizer.json",
-                                                                       lambda meta: {**meta, "name": "dna"})),
-                                "unknown tokenizer 'dna'; available:"),
+                                                                       lambda meta: {**meta, "name": "not-installed"})),
+                                "unknown tokenizer 'not-installed'; available:"),
     "tokenizer-files-missing": (broken_dir("protein", lambda d: (d / "tokenizer" / "protein.json").unlink()),
                                 "protein.json is missing; it should hold the alphabet ProteinTokenizer.save wrote"),
     "tokenizer-files-malformed": (broken_dir("audio", lambda d: (d / "tokenizer" / "audio_mulaw.json").write_text(
@@ -255,6 +309,18 @@ CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
                      "has no classes, so an image prompt must be empty, got 'cat'"),
     "tokenizer-not-fitted": (lambda w, tmp: ["init", tmp / "new", "--tokenizer", "text-bpe"],
                              "tokenizer 'text-bpe' has no vocabulary yet"),
+    "config-too-large": (broken_config({"n_layer": 1000000}),
+                         "ModelConfig.n_layer must be <= 4096 (past any model built so far), got 1000000"),
+    "config-nested-too-deep": (broken_config(b'{"n_layer": ' + b"[" * 100000 + b"]" * 100000 + b"}"),
+                               "config.json nests arrays or objects more than 64 levels deep; it should hold a "
+                               "ModelConfig"),
+    "json-file-too-large": (broken_dir("text", lambda d: sparse(d / "config.json", 2**28 + 1)),
+                            "config.json is 268435457 bytes, more than the 268435456 armm reads as JSON"),
+    "weights-layers-mismatch": (broken_config({"n_layer": 3}),
+                                "n_layer=3 under the config but 2 layers in the weights; the weights and "
+                                "the config come from different models"),
+    "image-too-many-pixels": (huge_png, "huge.png is over 178956970 pixels, more than the 67108864 armm reads; "
+                                        "shrink the image first, or raise armm_image.image_io.MAX_PIXELS"),
 }
 
 
@@ -296,6 +362,19 @@ def registered_twice() -> None:
     registry = Registry("tokenizer")
     registry.add("x", object, provider="armm-x")
     registry.add("x", object, provider="armm-x-fork")
+
+
+def nan_weights(tmp: Path) -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.tok_emb.weight.fill_(math.nan)  # tied to lm_head: every logit NaN
+    armm.generate(model, [[1, 2]], max_new_tokens=1)
+
+
+def too_large_for_memory(tmp: Path) -> None:
+    directory = armm.save_model(tmp / "m", tiny_model())
+    with mock.patch("armm.checkpoint.available_memory", return_value=2**16):
+        armm.load_model(directory)
 
 
 API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
@@ -361,6 +440,9 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
                             "failed to render: Conversation roles must alternate"),
     "chat-invalid-message": (lambda tmp: render([{"role": "wizard", "content": "hi"}], get_template("chatml")),
                              ValueError, "message 0 has role 'wizard'; allowed roles: system, user, assistant"),
+    "model-logits-nan": (nan_weights, ValueError, "the model's logits are NaN at position 2 of row 0"),
+    "model-larger-than-memory": (too_large_for_memory, ValueError,
+                                 "MiB of memory to load but 0.1 MiB is available; its largest tensor"),
 }
 
 
@@ -405,6 +487,19 @@ SERVER_CASES: dict[str, tuple[str, str, Any, dict[str, str], int, str | None, st
                                   "a prompt of token ids is empty"),
     "server-empty-stop": ("POST", "/v1/completions", {"prompt": "a", "stop": [""]}, {}, 400, "stop",
                           "stop strings must be non-empty"),
+    "server-body-too-large": ("POST", "/v1/completions", b" " * (4 * 2**20 + 1), {}, 413, None,
+                              "the request body is larger than this server's limit of 4194304 bytes"),
+    "server-too-many-prompts": ("POST", "/v1/completions", {"prompt": ["a"] * 1025}, {}, 400, "prompt",
+                                "at most 1024 prompts in one request, got 1025"),
+    "server-too-many-messages": ("POST", "/v1/chat/completions",
+                                 {"messages": [{"role": "user", "content": "a"}] * 2049}, {}, 400, "messages",
+                                 "List should have at most 2048 items"),
+    "server-too-many-stops": ("POST", "/v1/completions", {"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, {},
+                              400, "stop", "at most 4 stop strings, got 5"),
+    "server-stop-too-long": ("POST", "/v1/completions", {"prompt": "a", "stop": "z" * 129}, {}, 400, "stop",
+                             "a stop string has 129 characters; at most 128"),
+    "server-not-unicode": ("POST", "/v1/completions", b'{"model": "tiny", "prompt": "a\\ud800"}', {}, 400,
+                           "prompt", "the text has a lone surrogate (U+D800) at character 1, which is not Unicode"),
     "server-seed-out-of-range": ("POST", "/v1/completions", {"prompt": "a", "seed": 2**70}, {}, 400, "seed",
                                  "less than 9223372036854775808"),
     "server-template-error": ("POST", "/v1/chat/completions",
