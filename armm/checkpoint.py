@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_into, save_model as save_safetensors_from
 
 from armm.config import ModelConfig
-from armm.files import read_json_object
+from armm.files import read_json_object, temporary_beside
 from armm.model import Transformer
 from armm.plugins import get_plugins
 from armm.tokenizer import Tokenizer
@@ -28,9 +27,8 @@ TOKENIZER_META = "armm_tokenizer.json"
 
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename: a crash never leaves a half-written file.
-    The file gets the mode ``open`` gives a new file (0666 less the umask), not private as ``mkstemp`` makes it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    The file gets the mode ``open`` gives a new file (0666 less the umask), as the tokenizer's files have."""
+    tmp = temporary_beside(path)
     mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask left of 0666
     try:
         write(Path(tmp))

@@ -6,9 +6,19 @@ import glob
 import gzip
 import io
 import json
+import os
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+def temporary_beside(path: Path) -> Path:
+    """A new empty file ``.NAME.<random>.tmp`` in ``path``'s folder, to write and then rename over ``path``. It has
+    the mode any new file gets (0666 less the umask), not the private 0600 of ``tempfile.mkstemp``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
 
 
 def find_files(source: str | Path, suffixes: Iterable[str], *, what: str = "files") -> list[Path]:

@@ -57,3 +57,21 @@ def test_a_checkpoint_is_written_beside_its_name_then_renamed(tmp_path, monkeypa
         AtomicCheckpointIO().save_checkpoint({"step": 3}, target)
     assert torch.load(target, weights_only=True)["step"] == 2  # the failed write left the previous checkpoint
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # and no temporary file
+
+
+def test_a_checkpoint_is_readable_as_any_new_file_not_private(tmp_path):
+    """mkstemp made every checkpoint 0600; Lightning's own and armm's model files get 0666 less the umask."""
+    import os
+    import stat
+
+    import torch
+
+    from armm.training.checkpoint_io import AtomicCheckpointIO
+
+    target = tmp_path / "last.ckpt"
+    umask = os.umask(0o022)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
