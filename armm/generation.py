@@ -13,7 +13,7 @@ from torch import Tensor
 from armm.backends import check_backend, check_quantize, decoding
 from armm.config import ModelConfig
 from armm.model import Transformer
-from armm.sampling import Sampler, build_sampler
+from armm.sampling import Sampler, build_sampler, nan_logits_error
 
 Prompts = Sequence[Sequence[int]]
 StopTokens = Sequence[int] | Sequence[Sequence[int]]
@@ -117,12 +117,37 @@ def generate(
     stops = stop_table(stop_tokens, batch_size, config.vocab_size, device)
     generators = None if sampler.is_greedy else row_generators(seed, batch_size, device)
     steps = _decode(model, rows, max_new_tokens, sampler, stops, generators, guidance, backend, quantize, past_context)
+    lengths = [len(row) for row in rows[:batch_size]]
     if stream:
-        return ([None if done else t for t, done in zip(token.tolist(), done_before.tolist())]
-                for token, done_before in steps)
-    tokens, done_before = zip(*steps)
+        return _streamed(steps, lengths)
+    tokens, done_before, nan_at = zip(*steps)
+    check_nan_at(nan_at[-1], lengths)
     tokens, keep = torch.stack(tokens, 1).tolist(), (~torch.stack(done_before, 1)).tolist()  # (B, steps)
     return [[t for t, k in zip(row, row_keep) if k] for row, row_keep in zip(tokens, keep)]
+
+
+def _streamed(steps: Iterator[tuple[Tensor, Tensor, Tensor | None]], lengths: list[int]) -> Iterator[list[int | None]]:
+    """Each step's new token per row (None once a row has stopped), read from the device once a step."""
+    for token, done_before, nan_at in steps:
+        tokens, done = token.tolist(), done_before.tolist()
+        check_nan_at(nan_at, lengths)
+        yield [None if stopped else t for t, stopped in zip(tokens, done)]
+
+
+def defers_nan_check(device: torch.device) -> bool:
+    """Whether generation, not the sampler, checks logits for NaN: off the CPU, where a check would wait each step."""
+    return device.type != "cpu"
+
+
+def check_nan_at(nan_at: Tensor | None, lengths: list[int]) -> None:
+    """Raise for the first row whose logits were NaN (``nan_at``: the step it happened, -1 if never; None when the
+    sampler checked each step itself, as it does on the CPU) instead of returning the argmax of NaNs."""
+    if nan_at is None:
+        return
+    steps = nan_at.tolist()
+    for row, step in enumerate(steps):
+        if step >= 0:
+            raise nan_logits_error(row, lengths[row] + step)
 
 
 MAX_CONTEXT_IDS = 2**28  # token ids a generation holds (rows x (prompt + new tokens)): 2 GiB of int64
@@ -224,7 +249,9 @@ def _decode(
     quantize: str | None,
     past_context: str,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(token [B], finished_before [B])`` per step; stop once every row has drawn a stop token.
+    """Yield ``(token [B], finished_before [B], nan_at [B] or None)`` per step (``nan_at``: the step at which each
+    row's logits were NaN, -1 if never; None on the CPU, where the sampler raises); stop once every row has drawn a
+    stop token.
 
     With guidance, ``rows`` holds the B prompts and then their B unconditional prompts (R = 2B rows).
     """
@@ -246,13 +273,17 @@ def _decode(
     with decoding(model, R, min(P + max_new_tokens, window), backend, quantize, rolling) as decoder:
         logits = decoder.forward(context[:, :P].clamp(min=0), 0, pad, logits_to_keep=1)[:, -1]  # prefill: (R, V)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
+        # On an accelerator the sampler cannot check NaN logits without waiting each step: note the step instead.
+        nan_at = torch.full((B,), -1, device=device) if defers_nan_check(device) else None  # (B,)
         for step in range(max_new_tokens):
             slot = P + step
             if guidance is not None:
                 logits = guidance(logits, context[:B, :slot], step)  # (B, V)
+            if nan_at is not None:
+                nan_at = torch.where((nan_at < 0) & logits[:B].isnan().any(-1), step, nan_at)
             token = sampler(logits, context[:B, :slot], generators)  # (B,)
             context[:, slot].view(R // B, B).copy_(token)  # an unconditional row takes its prompt's token too
-            yield token, finished.clone()
+            yield token, finished.clone(), nan_at
             if stops is not None:
                 finished |= (token[:, None] == stops).any(-1)
                 if bool(finished.all()):  # the only host sync, and only when there are stop tokens

@@ -296,14 +296,19 @@ class Sampler:
 def check_logits(logits: Tensor, tokens: Tensor) -> None:
     """Raise if a row of the model's logits ``[B, V]`` holds NaN, naming the row and the position drawn next.
 
-    On the CPU only: on an accelerator the check would wait for the device every step.
+    On the CPU only: on an accelerator the check would wait for the device every step, so ``armm.generate`` notes
+    NaN rows on the device and raises this error where it waits for the device anyway.
     """
     if logits.device.type != "cpu" or not logits.isnan().any():
         return
     row = int(logits.isnan().any(-1).nonzero()[0])
-    position = int((tokens[row] >= 0).sum())
-    raise ValueError(f"the model's logits are NaN at position {position} of row {row}: its weights or activations "
-                     f"overflowed; check the checkpoint's weights for NaN or inf, or run it in float32 or bfloat16")
+    raise nan_logits_error(row, int((tokens[row] >= 0).sum()))
+
+
+def nan_logits_error(row: int, position: int) -> ValueError:
+    """The error for NaN logits of row ``row`` where it draws its token at ``position``."""
+    return ValueError(f"the model's logits are NaN at position {position} of row {row}: its weights or activations "
+                      f"overflowed; check the checkpoint's weights for NaN or inf, or run it in float32 or bfloat16")
 
 
 def draw(logits: Tensor, generators: Sequence[torch.Generator] | None = None) -> Tensor:

@@ -125,3 +125,20 @@ def test_bad_input_raises_a_clear_value_error(prompts, kwargs, message):
 def test_streaming_validates_before_the_first_step():
     with pytest.raises(ValueError, match="top_p"):
         armm.generate(tiny_model(), [[1]], max_new_tokens=2, sampler="top_p=2", stream=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_nan_logits_off_the_cpu_are_an_error_at_the_next_sync_not_token_zero(stream, monkeypatch):
+    """On an accelerator the sampler does not wait for the device to check each step's logits; generation notes the
+    step a row's logits turned NaN and raises where it reads the device anyway (here: forced on the CPU)."""
+    import armm.generation as generation
+    import armm.sampling as sampling
+
+    monkeypatch.setattr(generation, "defers_nan_check", lambda device: True)
+    monkeypatch.setattr(sampling, "check_logits", lambda logits, tokens: None)  # the device path's sampler
+    model = tiny_model()
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight[0, 0] = float("nan")  # every logit NaN from the first step
+    with pytest.raises(ValueError, match=r"the model's logits are NaN at position 4 of row 0"):
+        out = armm.generate(model, [[1, 2, 3, 4], [5, 6, 7]], max_new_tokens=4, stream=stream)
+        list(out) if stream else out

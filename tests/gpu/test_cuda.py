@@ -150,3 +150,12 @@ def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path, monkeypatc
         here = on_gpu(ids)
         there = on_gpu.to(DEVICE)(ids.to(DEVICE)).cpu()
     torch.testing.assert_close(there, here, rtol=1e-3, atol=1e-3)
+
+
+def test_nan_logits_on_the_gpu_are_an_error_not_token_zero():
+    """The sampler does not wait for the GPU to check each step; generation raises where it reads the device."""
+    model = tiny_model().to(DEVICE)
+    with torch.no_grad():
+        model.blocks[0].attn.qkv.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="the model's logits are NaN at position 7 of row 0"):
+        armm.generate(model, PROMPTS, max_new_tokens=5, backend="eager")
