@@ -6,6 +6,7 @@ from armm.generation import generate
 from armm.hookspecs import hookimpl
 from armm.model import Transformer
 from armm.plugins import get_plugins
+from armm.prompts import prompt_ids
 from armm.sampling import Sampler, build_sampler
 from armm.scoring import Score, score
 from armm.speculative import SpeculativeStats, speculative_generate
@@ -26,6 +27,7 @@ __all__ = [
     "hookimpl",
     "load_model",
     "load_tokenizer",
+    "prompt_ids",
     "save_model",
     "score",
     "speculative_generate",

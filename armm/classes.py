@@ -9,7 +9,7 @@ from pathlib import Path
 
 from armm.files import find_files, read_json_object, read_text, with_gzip
 from armm.hookspecs import hookimpl
-from armm.tokenizer import Tokenizer
+from armm.tokenizer import TEXT_FORMATS, Tokenizer, write_jsonl_texts
 
 CONFIG_FILE = "classes.json"
 
@@ -40,7 +40,7 @@ class ClassTokenizer(Tokenizer):
     name = "classes"
     modality = "label"
     unit = "label"
-    file_suffix = ".txt"
+    file_suffixes = TEXT_FORMATS
     read_suffixes = with_gzip((".txt",))
 
     def __init__(self, names: Sequence[str] | None = None) -> None:
@@ -110,9 +110,12 @@ class ClassTokenizer(Tokenizer):
         files = find_files(source, self.read_suffixes, what="class name files")
         return [line.strip() for path in files for line in read_text(path).splitlines() if line.strip()]
 
-    def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
-        """All samples into one text file at ``path`` (suffix ``.txt``), one name per line."""
-        target = Path(path).with_suffix(self.file_suffix)
+    def write(self, samples: Sequence[str], path: str | Path, format: str | None = None) -> list[Path]:
+        """All samples into one text file at ``path``, one name per line (suffix ``.txt``), or ``{"text": name}``
+        lines (``format`` ``.jsonl``)."""
+        if self.write_format(path, format) == ".jsonl":
+            return [write_jsonl_texts(samples, path)]
+        target = Path(path).with_suffix(".txt")
         target.write_text("".join(f"{sample}\n" for sample in samples), encoding="utf-8")
         return [target]
 

@@ -25,8 +25,10 @@ from armm.hf import convert
 from armm.inspect.cli import COMMANDS as INSPECT_COMMANDS
 from armm.layout import VocabLayout, sampler_for
 from armm.model import Transformer
-from armm.outputs import check_new, sample_output, write_new
+from armm.outputs import check_new, sample_output, write_new, write_samples
 from armm.plugins import get_plugins
+from armm.prompts import prompt_ids
+from armm.scaffold import new_plugin
 from armm.scoring import score as score_ids
 from armm.scoring import Layout, score_documents
 from armm.serving.cli import serve
@@ -75,6 +77,9 @@ def init(
 def sample(
     model_dir: Path,
     prompt: str = "",
+    prompt_file: Path | None = None,
+    prompt_units: int | None = None,
+    prompt_index: int | None = None,
     sampler: str = "greedy",
     max_new_tokens: int = 100,
     seed: int | None = None,
@@ -94,6 +99,14 @@ def sample(
     Args:
         model_dir: A model directory (config.json, model.safetensors, tokenizer/).
         prompt: Text to continue (text, code, residues…); the tokenizer's bos token is put in front.
+        prompt_file: Or a file to continue, in the modality's own format (.txt, .py, .fasta, .wav, .png, a mixed
+            model's .jsonl manifest), read by the tokenizer as training reads data; of several samples it holds (FASTA
+            records, audio clips, manifest lines) the first, or --prompt-index. Generation goes on from its end (a
+            mixed sample: inside its last part).
+        prompt_units: Continue only the file's first N units: characters of text or code, residues, audio samples
+            (audio-codec: the whole frames among them), pixels in raster order (image-vq: the whole rows of codes
+            among them); of a mixed sample, its last part's.
+        prompt_index: Which sample of --prompt-file to continue, from 0.
         sampler: A sampler spec such as "greedy", "top_k=40" or "temperature=0.7,top_p=0.9".
         max_new_tokens: How many tokens to generate at most (generation also stops at eos).
         seed: Random seed; sample i uses seed + i, so results are reproducible.
@@ -126,7 +139,7 @@ def sample(
     if output is None and not tok.decodes_text:
         raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
     target = None if output is None else sample_output(output, tok)
-    ids = _prompt_ids(tok, prompt)
+    ids = _prompt_ids(tok, prompt, prompt_file, prompt_units, prompt_index)
     sampler = sampler_for(tok, sampler, part_samplers)
     guided = guidance is not None or guidance_tokens is not None
     if guided and not isinstance(tok, VocabLayout):
@@ -143,7 +156,7 @@ def sample(
             steps = generate(model, [ids], max_new_tokens=max_new_tokens, sampler=sampler, stop_tokens=stops,
                              seed=None if seeds is None else seeds[i], stream=True, guidance=guide(1),
                              backend=backend, quantize=quantize, past_context=past_context)
-            console.print(prompt, end="", markup=False, highlight=False)
+            console.print(prompt or tok.decode(ids), end="", markup=False, highlight=False)
             for piece in stream_text(tok, (step[0] for step in steps)):
                 console.print(piece, end="", markup=False, highlight=False)
             console.print()
@@ -153,7 +166,7 @@ def sample(
                        quantize=quantize, past_context=past_context)
     samples = [tok.decode(ids + new) for new in outputs]
     if target is not None:
-        for path in write_new(target, lambda path: tok.write(samples, path), overwrite):
+        for path in write_new(target, lambda path: write_samples(tok, samples, path), overwrite):
             console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
         return
     for i, text in enumerate(samples):
@@ -202,12 +215,37 @@ def score(model_dir: Path, text: str | None = None, file: Path | None = None, la
 
 
 # --- helpers ---------------------------------------------------------------------------------------
-def _prompt_ids(tok: Tokenizer, prompt: str) -> list[int]:
-    """bos, then the prompt as the plugin reads it; an empty prompt is bos alone."""
-    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(prompt)
+def _prompt_ids(tok: Tokenizer, prompt: str, file: Path | None = None, units: int | None = None,
+                index: int | None = None) -> list[int]:
+    """bos, then the prompt as the plugin reads it, or the sample of ``file`` to continue (``armm.prompt_ids``, its
+    first ``units`` units); an empty prompt is bos alone."""
+    if file is None and (units is not None or index is not None):
+        raise ValueError("--prompt-units and --prompt-index choose what of --prompt-file to continue: give --prompt-file")
+    if file is not None and prompt:
+        raise ValueError("give --prompt or --prompt-file, not both")
+    if units is not None and units < 1:
+        raise ValueError(f"--prompt-units must be >= 1, got {units}")
+    if file is not None:
+        ids = prompt_ids(tok, _file_sample(tok, file, index), units)
+    else:
+        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(prompt)
     if not ids:
         raise ValueError(f"tokenizer {tok.name!r} has no bos token, so generation needs a non-empty --prompt")
     return ids
+
+
+def _file_sample(tok: Tokenizer, file: Path, index: int | None) -> typing.Any:
+    """Sample ``index`` of ``file`` as the tokenizer reads it; of several, the first when ``index`` is None (said on
+    stderr)."""
+    samples = tok.read(file)
+    if index is None and len(samples) > 1:
+        Console(stderr=True).print(f"note: {file} holds {len(samples)} samples; continuing the first (--prompt-index "
+                                   "picks another)", markup=False, highlight=False, soft_wrap=True)
+    chosen = 0 if index is None else index
+    if not 0 <= chosen < len(samples):
+        raise ValueError(f"--prompt-index {chosen} is out of range: {file} holds {len(samples)} sample(s), "
+                         f"0 .. {len(samples) - 1}")
+    return samples[chosen]
 
 
 def _sample_ids(tok: Tokenizer, sample) -> list[int]:
@@ -237,11 +275,11 @@ def _command(argv: list[str]) -> Callable | None:
     if argv[:1] == ["inspect"]:
         found = INSPECT_COMMANDS.get(argv[1]) if len(argv) > 1 else None
     else:
-        found = next((c for c in COMMANDS if argv and c.__name__ == argv[0]), None)
+        found = COMMANDS.get(argv[0]) if argv else None
     return found if callable(found) else None
 
 
-COMMANDS = [plugins, init, sample, score, chat, serve, convert]
+COMMANDS = {c.__name__.replace("_", "-"): c for c in [plugins, init, sample, score, chat, serve, convert, new_plugin]}
 
 
 TRAINING_COMMANDS = ("fit", "validate", "test")
@@ -260,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
 
             run_baselines(args[1:])
         else:
-            CLI({**{c.__name__: c for c in COMMANDS}, "inspect": INSPECT_COMMANDS}, args=args, as_positional=True,
+            CLI({**COMMANDS, "inspect": INSPECT_COMMANDS}, args=args, as_positional=True,
                 exit_on_error=False)  # parsing errors reach the one-line report below
     except USER_ERRORS as err:
         message = escape(_one_line(err, args))

@@ -285,13 +285,17 @@ class VocabLayout(Tokenizer):
             parts.append(Part(name, value))
         return parts
 
-    def write(self, samples: Sequence[Sequence[Part]], path: str | Path) -> list[Path]:
+    def write(self, samples: Sequence[Sequence[Part]], path: str | Path, format: str | None = None) -> list[Path]:
         """One JSON Lines manifest at ``path`` (suffix ``.jsonl``) in the format ``read`` takes: a text part inline,
         any other part as a file its plugin writes beside it (``<stem>-<sample>-<part>-<name>.<suffix>``).
-        Returns the manifest, then the part files. When ``path`` ends with the file suffix of one part's plugin
-        (``seven.wav`` for an audio part), only that part of each sample is written, by its plugin, as that plugin
-        names files."""
-        part = self._part_written_as(Path(path).suffix)
+        Returns the manifest, then the part files. When ``format`` (None: ``path``'s suffix) is the file suffix of
+        one part's plugin (``seven.wav`` for an audio part), only that part of each sample is written, by its plugin,
+        as that plugin names files."""
+        suffix = Path(path).suffix if format is None else format
+        part = self._part_written_as(suffix)
+        if part is None and format not in (None, self.file_suffix):
+            raise ValueError(f"a mixed layout writes a {self.file_suffix} manifest, or one part as its plugin's file "
+                             f"suffix; {format!r} is neither")
         if part is not None:
             return self.span(part).tokenizer.write([self._only_part(sample, part, i) for i, sample in
                                                     enumerate(samples)], path)

@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from armm.layout import VocabLayout
-from armm.tokenizer import Tokenizer
+from armm.tokenizer import Tokenizer, one_of
 
 
 def writable_suffixes(tok: Tokenizer) -> list[str]:
-    """The file suffixes ``tok.write`` keeps: its ``file_suffix``, and for a mixed layout the suffix of each part it
+    """The file suffixes ``tok.write`` keeps: its ``file_suffixes``, and for a mixed layout the suffix of each part it
     writes alone (``seven.wav``: the audio part)."""
-    suffixes = [tok.file_suffix]
+    suffixes = list(tok.file_suffixes)
     if isinstance(tok, VocabLayout):
         parts = {part.file_suffix for part in tok.parts.values()}
         suffixes += sorted(suffix for suffix in parts if tok._part_written_as(suffix) is not None)
@@ -31,9 +31,18 @@ def sample_output(output: str, tok: Tokenizer) -> Path:
         return Path(output) / "sample"
     path, suffixes = Path(output), writable_suffixes(tok)
     if path.suffix and path.suffix not in suffixes:
-        raise ValueError(f"--output {output}: tokenizer {tok.name!r} writes {' or '.join(suffixes)} files, not "
+        raise ValueError(f"--output {output}: tokenizer {tok.name!r} writes {one_of(suffixes)} files, not "
                          f"{path.suffix}; end --output with {suffixes[0]}, or leave the suffix out")
     return path
+
+
+def write_samples(tok: Tokenizer, samples: Sequence, path: Path) -> list[Path]:
+    """``tok.write`` in the format ``path``'s suffix names (``x.flac``: FLAC) when it is one of ``tok.file_suffixes``
+    other than the default, passed as ``format=``; otherwise without ``format``, so plugins of one format whose
+    ``write`` does not take it still work."""
+    if path.suffix in tok.file_suffixes[1:]:
+        return tok.write(samples, path, format=path.suffix)
+    return tok.write(samples, path)
 
 
 def check_new(paths: Iterable[Path], overwrite: bool) -> None:

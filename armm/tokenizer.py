@@ -34,18 +34,51 @@ class Tokenizer(ABC):
     A tokenizer owns everything domain-specific about its modality: ids (``encode``/``decode``),
     how raw files become samples (``read``), how generated samples become files a person can open
     (``write``), and the natural unit that "bits per unit" counts (``unit``, ``num_units``).
-    Subclasses set ``name`` (the registry key), ``modality``, ``unit`` and ``file_suffix``, and
-    implement the abstract methods. ``special_tokens`` maps roles (``bos``, ``eos``, ``pad`` and any
-    extra) to ids. ``armm.testing.TokenizerContract`` checks an implementation.
+    Subclasses set ``name`` (the registry key), ``modality``, ``unit`` and ``file_suffixes`` (or only
+    ``file_suffix``), and implement the abstract methods. ``special_tokens`` maps roles (``bos``, ``eos``,
+    ``pad`` and any extra) to ids. ``armm.testing.TokenizerContract`` checks an implementation.
     """
 
     name: ClassVar[str]
     modality: ClassVar[str]
     unit: ClassVar[str] = "token"
     file_suffix: ClassVar[str] = ".txt"
+    """The suffix of the files ``write`` makes by default: ``file_suffixes[0]``. A class that sets only
+    ``file_suffix`` writes that one format (its instances may set it too, as ``code-bpe``'s ``suffixes`` do)."""
     read_suffixes: tuple[str, ...] = ()
     """The file names ``read`` takes in a folder or glob (``".txt"``, ``".txt.gz"``); empty when the plugin does not
     say, and then training preparation hands the whole source to ``read`` at once instead of streaming its files."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep ``file_suffix`` and ``file_suffixes`` in step: a class that declares only ``file_suffixes`` gets its
+        first as ``file_suffix``; one that declares only ``file_suffix`` writes that one format."""
+        super().__init_subclass__(**kwargs)
+        suffixes, suffix = "file_suffixes" in vars(cls), "file_suffix" in vars(cls)
+        if suffix and not suffixes:
+            cls.file_suffixes = Tokenizer.file_suffixes  # the property again: (file_suffix,), per instance
+        elif suffixes and not suffix:
+            cls.file_suffix = cls.file_suffixes[0]
+        elif suffixes and cls.file_suffixes[0] != cls.file_suffix:
+            raise TypeError(f"{cls.__name__}: file_suffix {cls.file_suffix!r} must be the first of file_suffixes "
+                            f"{cls.file_suffixes!r} (the default format)")
+
+    @property
+    def file_suffixes(self) -> tuple[str, ...]:
+        """The suffixes of the formats ``write`` makes, the default (``file_suffix``) first: ``(".png", ".jpg",
+        ".npy")``. A subclass declares them as a class attribute; by default ``(file_suffix,)``."""
+        return (self.file_suffix,)
+
+    def write_format(self, path: str | Path, format: str | None = None) -> str:
+        """The suffix ``write(samples, path, format)`` gives its files: ``format`` when given (one of
+        ``file_suffixes``, else a ValueError naming them), else ``path``'s suffix when it is one of them, else the
+        default ``file_suffix``."""
+        if format is None:
+            suffix = Path(path).suffix
+            return suffix if suffix in self.file_suffixes else self.file_suffix
+        if format not in self.file_suffixes:
+            raise ValueError(f"tokenizer {self.name!r} writes {one_of(self.file_suffixes)} files, not {format!r}; "
+                             "pass format= one of them")
+        return format
 
     @property
     @abstractmethod
@@ -96,8 +129,11 @@ class Tokenizer(ABC):
         an empty or unreadable source raises an error naming the file."""
 
     @abstractmethod
-    def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
-        """Samples → file(s) in the modality's own format at ``path``; returns the paths written."""
+    def write(self, samples: Sequence[Any], path: str | Path, format: str | None = None) -> list[Path]:
+        """Samples → file(s) at ``path`` in the format ``format`` names, one of ``file_suffixes`` (None: the
+        suffix of ``path`` when it is one of them, else the default; ``write_format`` resolves it); the files end
+        with that suffix whatever ``path`` ends with. Returns the paths written. A tokenizer of one format may
+        leave ``format`` out of its signature: armm passes it only to choose another format."""
 
     def read_file(self, path: Path) -> Iterable[Any]:
         """The samples of one file of ``read_suffixes``, for training preparation, which streams files one by one;
@@ -167,6 +203,16 @@ class Tokenizer(ABC):
         Plugins whose samples are not text may read prompts their own way (e.g. ``"7"`` → a class token)."""
         return self.encode(prompt) if prompt else []
 
+    def encode_prefix(self, sample: Any, units: int) -> list[int]:
+        """The ids of the first ``units`` units of ``sample``, which a generation continues (``armm.prompt_ids``,
+        ``armm sample --prompt-file --prompt-units``). By default the first ``units`` items of a ``str`` (characters)
+        or a 1-D array (audio samples); plugins whose units are not the sample's items, or whose ids cover several
+        units (an image's pixels in raster order, a codec's frames), override it."""
+        if isinstance(sample, str) or getattr(sample, "ndim", None) == 1:
+            return self.encode(sample[:units])
+        raise ValueError(f"tokenizer {self.name!r} cannot keep the first units of a {type(sample).__name__} sample "
+                         "(it has no encode_prefix(sample, units)); prompt with the whole sample")
+
     def fit(self, samples: Iterable[Any]) -> None:
         """Learn the vocabulary from samples; only trainable tokenizers override this."""
         raise NotImplementedError(f"tokenizer {self.name!r} has a fixed vocabulary and cannot be fitted")
@@ -188,6 +234,11 @@ class Tokenizer(ABC):
                 )
 
 
+def one_of(suffixes: Sequence[str]) -> str:
+    """``.png, .jpg or .npy``: suffixes for a message."""
+    return " or ".join(filter(None, [", ".join(suffixes[:-1]), suffixes[-1]]))
+
+
 def build_tokenizer(tokenizer_class: type[Tokenizer], options: Mapping[str, Any]) -> Tokenizer:
     """``tokenizer_class(**options)``; an option it does not take, or of the wrong type, is a ValueError naming the
     tokenizer and the options its constructor declares."""
@@ -202,12 +253,35 @@ def build_tokenizer(tokenizer_class: type[Tokenizer], options: Mapping[str, Any]
         ) from None
 
 
+TEXT_FORMATS = (".txt", ".jsonl")
+
+
+def write_texts(samples: Sequence[str], path: str | Path, suffix: str) -> list[Path]:
+    """Texts as files: ``.txt``, one UTF-8 file per sample (``out.txt``, or ``out-0.txt``, …) with its line endings
+    as they are; ``.jsonl``, one file of ``{"text": sample}`` lines (a manifest training data takes as it is)."""
+    if suffix == ".jsonl":
+        return [write_jsonl_texts(samples, path)]
+    paths = numbered_paths(path, len(samples), suffix)
+    for sample, target in zip(samples, paths):
+        target.write_text(sample, encoding="utf-8", newline="")
+    return paths
+
+
+def write_jsonl_texts(samples: Sequence[str], path: str | Path) -> Path:
+    """One JSON Lines file at ``path`` (suffix ``.jsonl``): a ``{"text": sample}`` line per sample."""
+    target = Path(path).with_suffix(".jsonl")
+    lines = (json.dumps({"text": sample}, ensure_ascii=False) + "\n" for sample in samples)
+    target.write_text("".join(lines), encoding="utf-8")
+    return target
+
+
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255, then bos=256, eos=257, pad=258. Lossless on any text."""
 
     name = "bytes"
     modality = "text"
     unit = "byte"
+    file_suffixes = TEXT_FORMATS
     read_suffixes = with_gzip((".txt", ".md"))
 
     @property
@@ -234,11 +308,8 @@ class ByteTokenizer(Tokenizer):
     def read(self, source: str | Path) -> list[str]:
         return [read_text(path) for path in find_files(source, self.read_suffixes, what="text files")]
 
-    def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
-        paths = numbered_paths(path, len(samples), self.file_suffix)
-        for sample, target in zip(samples, paths):
-            target.write_text(sample, encoding="utf-8", newline="")
-        return paths
+    def write(self, samples: Sequence[str], path: str | Path, format: str | None = None) -> list[Path]:
+        return write_texts(samples, path, self.write_format(path, format))
 
     def num_units(self, sample: str) -> int:
         return len(sample.encode("utf-8"))

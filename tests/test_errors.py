@@ -36,7 +36,7 @@ from armm.registry import PluginError, Registry
 from armm.serving.app import Limits, create_app
 from armm.serving.engine import Engine
 from armm_audio import MuLawTokenizer
-from armm_image import PixelTokenizer
+from armm_image import PixelTokenizer, VQTokenizer
 from armm_protein import ProteinTokenizer
 from armm_text import BPETokenizer
 from tests.conftest import tiny_recipe
@@ -195,6 +195,12 @@ def convert_into_a_full_folder(w: World, tmp: Path) -> list:
     return ["convert", w.text, tmp / "hf", "--to", "hf"]
 
 
+def existing_plugin_folder(w: World, tmp: Path) -> list:
+    """`armm new-plugin chess-moves` where chess-moves/ is a folder of the user's."""
+    (tmp / "chess-moves").mkdir()
+    return ["new-plugin", "chess-moves", "--directory", tmp]
+
+
 CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
     "cli-unknown-command": (lambda w, tmp: ["samplex", w.text], "invalid choice: 'samplex'"),
     "cli-unknown-option": (fit("--data.bogus", "1"), "unrecognized arguments: --data.bogus 1 (see `armm fit --help`)"),
@@ -210,7 +216,8 @@ CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
     "cli-output-exists": (existing_output, "notes.txt already exists: pass --overwrite to replace it, or choose "
                                            "another path"),
     "cli-output-suffix": (lambda w, tmp: ["sample", w.text, "--output", tmp / "notes.md"],
-                          "tokenizer 'bytes' writes .txt files, not .md; end --output with .txt, or leave the suffix out"),
+                          "tokenizer 'bytes' writes .txt or .jsonl files, not .md; end --output with .txt, or leave "
+                          "the suffix out"),
     "cli-output-folder": (output_on_a_folder, "s-0.txt is a folder: choose another path"),
     "cli-init-exists": (lambda w, tmp: ["init", w.text, "--preset", "gpt2-tiny"],
                         "tokenizer already exist: pass --overwrite to replace them, or choose another path"),
@@ -321,6 +328,22 @@ CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
                                 "the config come from different models"),
     "image-too-many-pixels": (huge_png, "huge.png is over 178956970 pixels, more than the 67108864 armm reads; "
                                         "shrink the image first, or raise armm_image.image_io.MAX_PIXELS"),
+    "cli-prompt-and-prompt-file": (lambda w, tmp: ["sample", w.text, "--prompt", "Hi", "--prompt-file",
+                                                   w.root / "one.txt"], "give --prompt or --prompt-file, not both"),
+    "cli-prompt-units": (lambda w, tmp: ["sample", w.text, "--prompt-file", w.root / "one.txt", "--prompt-units", "0"],
+                         "--prompt-units must be >= 1, got 0"),
+    "cli-prompt-options-without-file": (lambda w, tmp: ["sample", w.text, "--prompt-units", "5"],
+                                        "--prompt-units and --prompt-index choose what of --prompt-file to continue: "
+                                        "give --prompt-file"),
+    "cli-prompt-index": (lambda w, tmp: ["sample", w.text, "--prompt-file", w.root / "one.txt", "--prompt-index", "1"],
+                         "one.txt holds 1 sample(s), 0 .. 0"),
+    "cli-plugin-name": (lambda w, tmp: ["new-plugin", "Chess", "--directory", tmp],
+                        "plugin name 'Chess' is not usable: use lower-case letters, digits and single dashes or "
+                        "underscores, starting with a letter (e.g. chess-moves)"),
+    "cli-plugin-name-taken": (lambda w, tmp: ["new-plugin", "bytes", "--directory", tmp],
+                              "the tokenizer 'bytes' is taken by armm (built-in): choose another plugin name"),
+    "cli-plugin-exists": (existing_plugin_folder, "chess-moves already exists: pass --overwrite to replace it, or "
+                                                  "choose another path"),
 }
 
 
@@ -375,6 +398,12 @@ def too_large_for_memory(tmp: Path) -> None:
     directory = armm.save_model(tmp / "m", tiny_model())
     with mock.patch("armm.checkpoint.available_memory", return_value=2**16):
         armm.load_model(directory)
+
+
+def npy_of_floats(tmp: Path) -> list:
+    """An image tokenizer reading a .npy file that holds no uint8 images."""
+    np.save(tmp / "floats.npy", np.zeros((2, 8, 8), np.float32))
+    return PixelTokenizer(size=8, channels=1).read(tmp / "floats.npy")
 
 
 API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
@@ -443,6 +472,31 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
     "model-logits-nan": (nan_weights, ValueError, "the model's logits are NaN at position 2 of row 0"),
     "model-larger-than-memory": (too_large_for_memory, ValueError,
                                  "MiB of memory to load but 0.1 MiB is available; its largest tensor"),
+    "prompt-units": (lambda tmp: armm.prompt_ids(armm.ByteTokenizer(), "abc", units=0), ValueError,
+                     "units must be an integer >= 1 (how much of the sample to keep), got 0"),
+    "prompt-units-below-a-whole-token": (
+        lambda tmp: armm.prompt_ids(VQTokenizer(size=8, channels=1, downsample=4, codebook_size=16, code_dim=4,
+                                                hidden=8, res_blocks=1), torch.zeros(1, 8, 8, dtype=torch.uint8),
+                                    units=31),
+        ValueError, "the first 31 pixels hold no whole row of codes: image-vq prompts continue from whole code rows"),
+    "prompt-units-unsupported": (lambda tmp: armm.prompt_ids(armm.ByteTokenizer(), [1, 2], units=1), ValueError,
+                                 "tokenizer 'bytes' cannot keep the first units of a list sample"),
+    "prompt-mixed-not-parts": (
+        lambda tmp: armm.prompt_ids(VocabLayout({"text": armm.ByteTokenizer(),
+                                                 "image": PixelTokenizer(size=2, channels=1, bits=2)}), "a two"),
+        ValueError, "a mixed prompt is a non-empty list of (part name, sample) pairs"),
+    "write-format-unknown": (lambda tmp: armm.ByteTokenizer().write(["hi"], tmp / "out", format=".mid"), ValueError,
+                             "tokenizer 'bytes' writes .txt or .jsonl files, not '.mid'; pass format= one of them"),
+    "mixed-write-format": (lambda tmp: VocabLayout({"text": armm.ByteTokenizer(),
+                                                    "image": PixelTokenizer(size=2, channels=1, bits=2)}).write(
+                               [], tmp / "s", format=".mid"), ValueError,
+                           "a mixed layout writes a .jsonl manifest, or one part as its plugin's file suffix; '.mid' "
+                           "is neither"),
+    "audio-flac-empty": (lambda tmp: MuLawTokenizer().write([torch.zeros(0)], tmp / "out.flac"), ValueError,
+                         "sample 0 holds no audio, which FLAC cannot store (generation may have ended at once); "
+                         "write .wav, which can"),
+    "image-npy-not-images": (npy_of_floats, ValueError, "floats.npy holds a float32 array of shape [2, 8, 8]; image "
+                             ".npy files hold uint8 images [C, H, W] or [N, C, H, W] with C in 1..4"),
 }
 
 

@@ -1,18 +1,24 @@
 """Files the command line writes where a user says (``armm sample --output``, ``armm init``): never over an existing
-file without ``--overwrite``, in a format the tokenizer writes, inside a folder when given one, never half-written."""
+file without ``--overwrite``, in the format the suffix names of those the tokenizer writes, inside a folder when given
+one, never half-written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import soundfile
+import torch
+from armm_audio import MuLawTokenizer
 from armm_image import PixelTokenizer
 
 import armm
 import armm.cli
 from armm.cli import main
-from armm.layout import VocabLayout
-from armm.outputs import write_new, writable_suffixes
+from armm.layout import Part, VocabLayout
+from armm.outputs import sample_output, writable_suffixes, write_new, write_samples
+from tests.test_tokenizer import OneFormat
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def test_a_suffix_the_tokenizer_does_not_write_is_refused_before_generating(mode
     (tmp_path / "notes.txt").write_text("mine")
     monkeypatch.setattr(armm.cli, "generate", lambda *a, **k: pytest.fail("generated before checking --output"))
     line = refused(capsys, lambda: sample(model_dir, tmp_path / "notes.md"))
-    assert "tokenizer 'bytes' writes .txt files, not .md; end --output with .txt" in line
+    assert "tokenizer 'bytes' writes .txt or .jsonl files, not .md; end --output with .txt" in line
     assert listing(tmp_path) == {"notes.txt": "mine"}
 
 
@@ -78,6 +84,59 @@ def test_a_mixed_layout_writes_its_manifest_or_the_one_part_a_suffix_names(tmp_p
     line = refused(capsys, lambda: sample(mixed, tmp_path / "s.wav"))
     assert "tokenizer 'mixed' writes .jsonl or .png files, not .wav" in line
     assert not list(tmp_path.glob("s*"))
+
+
+# --- formats: --output's suffix chooses one the tokenizer writes -------------------------------------------------
+@pytest.fixture(scope="module")
+def audio_model(tmp_path_factory) -> Path:
+    tok = MuLawTokenizer(sample_rate=8000)
+    model = armm.Transformer(armm.ModelConfig.from_name("gpt2-tiny", vocab_size=tok.vocab_size, max_seq_len=64))
+    return armm.save_model(tmp_path_factory.mktemp("audio") / "m", model, tok)
+
+
+def sample_audio(model_dir: Path, output: Path, *args: str) -> None:
+    main(["sample", str(model_dir), "--max-new-tokens", "5", "--output", str(output), *args])
+
+
+def test_output_flac_writes_flac(audio_model, tmp_path, capsys):
+    sample_audio(audio_model, tmp_path / "want.flac", "--num-samples", "2", "--sampler", "temperature=1", "--seed", "0")
+    assert [(p.name, soundfile.info(p).format) for p in sorted(tmp_path.iterdir())] == [
+        ("want-0.flac", "FLAC"), ("want-1.flac", "FLAC")]
+    sample_audio(audio_model, tmp_path / "default")
+    assert soundfile.info(tmp_path / "default.wav").format == "WAV"
+
+
+def test_a_format_the_plugin_lacks_is_refused_naming_those_it_has(audio_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(armm.cli, "generate", lambda *a, **k: pytest.fail("generated before checking --output"))
+    line = refused(capsys, lambda: sample_audio(audio_model, tmp_path / "want.mid"))
+    assert "tokenizer 'audio-mulaw' writes .wav or .flac files, not .mid; end --output with .wav" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_jsonl_writes_a_text_line_per_sample(model_dir, tmp_path):
+    sample(model_dir, tmp_path / "s.jsonl", "--num-samples", "2")
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(set(row) == {"text"} and row["text"].startswith("Hi") for row in rows)
+    assert listing(tmp_path).keys() == {"s.jsonl"}
+
+
+def test_a_tokenizer_that_sets_only_file_suffix_still_writes(tmp_path):
+    tok = OneFormat()
+    assert writable_suffixes(tok) == [".seq"] and sample_output(str(tmp_path / "reads.seq"), tok)
+    assert write_samples(tok, ["ACGT", "GG"], tmp_path / "reads.seq") == [tmp_path / "reads.seq"]
+    assert (tmp_path / "reads.seq").read_text() == "ACGT\nGG"
+    with pytest.raises(ValueError, match="tokenizer 'one-format' writes .seq files, not .mid; end --output with .seq"):
+        sample_output(str(tmp_path / "reads.mid"), tok)
+
+
+def test_a_mixed_layout_takes_format_as_a_suffix(tmp_path):
+    layout = VocabLayout({"text": armm.ByteTokenizer(), "image": PixelTokenizer(size=2, channels=1, bits=2)})
+    samples = [[Part("text", "a two"), Part("image", torch.zeros(1, 2, 2, dtype=torch.uint8))]]
+    assert layout.write(samples, tmp_path / "s", format=".png") == [tmp_path / "s.png"]
+    assert [p.name for p in layout.write(samples, tmp_path / "m", format=".jsonl")] == ["m.jsonl", "m-0-1-image.png"]
+    with pytest.raises(ValueError, match="a mixed layout writes a .jsonl manifest, or one part as its plugin's file "
+                                         "suffix; '.mid' is neither"):
+        layout.write(samples, tmp_path / "s", format=".mid")
 
 
 def test_a_failing_write_leaves_nothing_behind(tmp_path):

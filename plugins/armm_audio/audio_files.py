@@ -10,6 +10,7 @@ import torch
 from armm_audio.waveform import as_waveform
 
 READ_SUFFIXES = (".wav", ".flac", ".ogg")
+WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}  # suffix → soundfile format, each 16-bit PCM
 
 
 def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
@@ -32,11 +33,11 @@ def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     return mono.clamp(-1.0, 1.0)
 
 
-def write_wav(path: str | Path, sample: torch.Tensor, sample_rate: int) -> None:
-    """A waveform → a 16-bit PCM mono WAV file."""
+def write_audio(path: str | Path, sample: torch.Tensor, sample_rate: int, suffix: str = ".wav") -> None:
+    """A waveform → a 16-bit PCM mono file in the format ``suffix`` names (a key of ``WRITE_FORMATS``)."""
     import soundfile
 
-    soundfile.write(path, as_waveform(sample).numpy(), sample_rate, subtype="PCM_16", format="WAV")
+    soundfile.write(path, as_waveform(sample).numpy(), sample_rate, subtype="PCM_16", format=WRITE_FORMATS[suffix])
 
 
 def read_clips(source: str | Path, sample_rate: int, clip_seconds: float | None, *,
@@ -59,11 +60,17 @@ def read_clips(source: str | Path, sample_rate: int, clip_seconds: float | None,
     return clips
 
 
-def write_clips(samples: Sequence[torch.Tensor], path: str | Path, sample_rate: int) -> list[Path]:
-    """Waveforms → 16-bit WAV files named from ``path`` (``out.wav``, or ``out-0.wav``, ``out-1.wav``, …)."""
+def write_clips(samples: Sequence[torch.Tensor], path: str | Path, sample_rate: int,
+                suffix: str = ".wav") -> list[Path]:
+    """Waveforms → 16-bit WAV or FLAC files (``suffix``) named from ``path`` (``out.wav``, or ``out-0.wav``,
+    ``out-1.wav``, …); a ValueError before writing any when one is empty and the format FLAC."""
     from armm.files import numbered_paths
 
-    paths = numbered_paths(path, len(samples), ".wav")
+    empty = [i for i, sample in enumerate(samples) if as_waveform(sample).numel() == 0]
+    if suffix == ".flac" and empty:  # libsndfile would write an empty file no program reads
+        raise ValueError(f"sample {empty[0]} holds no audio, which FLAC cannot store (generation may have ended at "
+                         "once); write .wav, which can")
+    paths = numbered_paths(path, len(samples), suffix)
     for sample, target in zip(samples, paths):
-        write_wav(target, sample, sample_rate)
+        write_audio(target, sample, sample_rate, suffix)
     return paths

@@ -12,7 +12,7 @@ import torch
 
 from armm.files import read_json_object
 from armm.tokenizer import Tokenizer
-from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_clips
+from armm_audio.audio_files import READ_SUFFIXES, WRITE_FORMATS, read_clips, write_clips
 from armm_audio.codec_model import AudioCodec
 from armm_audio.waveform import as_waveform
 
@@ -48,7 +48,7 @@ class CodecTokenizer(Tokenizer):
     name = "audio-codec"
     modality = "audio"
     unit = "sample"
-    file_suffix = ".wav"
+    file_suffixes = tuple(WRITE_FORMATS)
     read_suffixes = READ_SUFFIXES
 
     def __init__(
@@ -171,6 +171,15 @@ class CodecTokenizer(Tokenizer):
     def encode_batch(self, samples: Sequence[Any]) -> list[list[int]]:
         return [self.ids_of(codes) for codes in self.codes(samples)]
 
+    def encode_prefix(self, sample: Any, units: int) -> list[int]:
+        """A prompt of the whole frames among ``sample``'s first ``units`` audio samples (``armm.prompt_ids``): the
+        first ids of the sample's own codes, so generation continues at a frame's first codebook."""
+        frames = units // self.hop
+        if frames == 0:
+            raise ValueError(f"the first {units} audio samples hold no whole frame: audio-codec prompts continue from "
+                             f"whole frames of hop={self.hop} samples; keep at least {self.hop}")
+        return self.encode(sample)[: frames * self.num_codebooks]
+
     @torch.no_grad()
     def decode(self, ids: Sequence[int]) -> torch.Tensor:
         """Content ids → waveform, ``hop`` samples a frame. Position i of the content is codebook ``i % K`` of frame
@@ -230,8 +239,9 @@ class CodecTokenizer(Tokenizer):
     def read(self, source: str | Path) -> list[torch.Tensor]:
         return read_clips(source, self.sample_rate, self.clip_seconds, pad_last=True)
 
-    def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
-        return write_clips(samples, path, self.sample_rate)
+    def write(self, samples: Sequence[Any], path: str | Path, format: str | None = None) -> list[Path]:
+        """One 16-bit WAV (or FLAC, as ``format`` says) file per sample."""
+        return write_clips(samples, path, self.sample_rate, self.write_format(path, format))
 
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file

@@ -14,7 +14,7 @@ import torch
 
 from armm.files import read_json_object
 from armm.tokenizer import Tokenizer
-from armm_audio.audio_files import READ_SUFFIXES, read_clips, write_clips
+from armm_audio.audio_files import READ_SUFFIXES, WRITE_FORMATS, read_clips, write_clips
 from armm_audio.waveform import as_waveform
 
 CONFIG_FILE = "audio_mulaw.json"
@@ -39,7 +39,7 @@ class MuLawTokenizer(Tokenizer):
     name = "audio-mulaw"
     modality = "audio"
     unit = "sample"
-    file_suffix = ".wav"
+    file_suffixes = tuple(WRITE_FORMATS)
     read_suffixes = READ_SUFFIXES
 
     def __init__(self, sample_rate: int = 16000, bits: int = 8, clip_seconds: float | None = None,
@@ -108,8 +108,9 @@ class MuLawTokenizer(Tokenizer):
     def read(self, source: str | Path) -> list[torch.Tensor]:
         return read_clips(source, self.sample_rate, self.clip_seconds)
 
-    def write(self, samples: Sequence[Any], path: str | Path) -> list[Path]:
-        return write_clips(samples, path, self.sample_rate)
+    def write(self, samples: Sequence[Any], path: str | Path, format: str | None = None) -> list[Path]:
+        """One 16-bit WAV (or FLAC, as ``format`` says) file per sample."""
+        return write_clips(samples, path, self.sample_rate, self.write_format(path, format))
 
     def save(self, directory: str | Path) -> None:
         config = {"sample_rate": self.sample_rate, "bits": self.bits, "clip_seconds": self.clip_seconds,

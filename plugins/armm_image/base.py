@@ -10,7 +10,7 @@ import torch
 
 from armm.files import find_files
 from armm.tokenizer import Tokenizer
-from armm_image.image_io import IMAGE_SUFFIXES, convert, read_image, write_grid
+from armm_image.image_io import IMAGE_SUFFIXES, convert, read_images, write_grid, write_npy
 
 
 def parse_size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -24,7 +24,8 @@ def parse_size(size: int | Sequence[int]) -> tuple[int, int]:
 class ImageTokenizer(Tokenizer):
     """A sample is one image: a ``torch.uint8`` tensor [channels, height, width] with channels 1 (grey)
     or 3 (RGB) and the tokenizer's own size. ``prepare`` converts any other image to it; ``read`` does so
-    for PNG/JPEG files; ``write`` puts samples into one PNG grid.
+    for PNG/JPEG files (and an ``.npy`` file named on its own, as ``write`` makes them); ``write`` puts samples into
+    one PNG grid (or JPEG, or one lossless ``.npy`` array [N, C, H, W]).
 
     Ids ``0 .. num_codes - 1`` are content (pixel values, palette entries or VQ codes); bos, eos and
     pad follow. ``decode`` skips specials, then truncates the ids to ``sequence_length`` or pads them
@@ -32,8 +33,8 @@ class ImageTokenizer(Tokenizer):
     """
 
     modality = "image"
-    file_suffix = ".png"
-    read_suffixes = IMAGE_SUFFIXES
+    file_suffixes = (".png", ".jpg", ".jpeg", ".npy")
+    read_suffixes = IMAGE_SUFFIXES  # a folder's images; training data never takes .npy files
 
     def __init__(self, size: int | Sequence[int], channels: int) -> None:
         if channels not in (1, 3):
@@ -102,8 +103,15 @@ class ImageTokenizer(Tokenizer):
         return self.check_image(sample).numel()
 
     def read(self, source: str | Path) -> list[torch.Tensor]:
-        return [self.prepare(read_image(path)) for path in find_files(source, IMAGE_SUFFIXES, what="images")]
+        paths = find_files(source, IMAGE_SUFFIXES, what="images")
+        return [self.prepare(image) for path in paths for image in read_images(path)]
 
-    def write(self, samples: Sequence[torch.Tensor], path: str | Path, *, nrow: int | None = None) -> list[Path]:
-        """All samples as one PNG grid at ``path`` (``nrow`` tiles a row); a single sample is written as is."""
-        return [write_grid([self.check_image(sample) for sample in samples], path, nrow=nrow)]
+    def write(self, samples: Sequence[torch.Tensor], path: str | Path, format: str | None = None, *,
+              nrow: int | None = None) -> list[Path]:
+        """All samples as one PNG grid at ``path`` (``nrow`` tiles a row; a single sample is written as is), or a
+        JPEG grid (lossy), or one ``.npy`` array [N, C, H, W] (lossless, for programs), as ``format`` says."""
+        images = [self.check_image(sample) for sample in samples]
+        suffix = self.write_format(path, format)
+        if suffix == ".npy":
+            return [write_npy(images, path)]
+        return [write_grid(images, path, nrow=nrow, suffix=suffix)]

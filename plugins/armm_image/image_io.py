@@ -10,6 +10,8 @@ import torch
 from einops import rearrange, repeat
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GRID_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}  # suffix → PIL format
+JPEG_QUALITY = 95
 
 
 MAX_PIXELS = 2**26  # 8192 x 8192; the tokenizers shrink images to a few thousand pixels anyway
@@ -67,10 +69,12 @@ def convert(image: torch.Tensor, channels: int, size: tuple[int, int]) -> torch.
 
 
 def write_grid(
-    images: Sequence[torch.Tensor], path: str | Path, *, nrow: int | None = None, padding: int = 2, pad_value: int = 128
+    images: Sequence[torch.Tensor], path: str | Path, *, nrow: int | None = None, padding: int = 2,
+    pad_value: int = 128, suffix: str = ".png",
 ) -> Path:
-    """Samples of one shape → one PNG at ``path`` (suffix forced to .png): a grid of ``nrow`` tiles a row
-    (default: as square as possible) separated by ``padding`` grey pixels; one sample is written as is."""
+    """Samples of one shape → one PNG or JPEG (``suffix``: a key of ``GRID_FORMATS``) at ``path``, its suffix forced to
+    ``suffix``: a grid of ``nrow`` tiles a row (default: as square as possible) separated by ``padding`` grey pixels;
+    one sample is written as is."""
     from PIL import Image
     from torchvision.utils import make_grid
 
@@ -80,6 +84,42 @@ def write_grid(
     grid = make_grid(batch, nrow=nrow or math.ceil(math.sqrt(len(batch))), padding=padding, pad_value=pad_value)
     # make_grid repeats grey into RGB; keep the PNG grey
     pixels = grid[0] if batch.shape[1] == 1 else rearrange(grid, "c h w -> h w c")
-    path = Path(path).with_suffix(".png")
-    Image.fromarray(pixels.numpy()).save(path, format="PNG")
+    path = Path(path).with_suffix(suffix)
+    quality = {"quality": JPEG_QUALITY} if GRID_FORMATS[suffix] == "JPEG" else {}
+    Image.fromarray(pixels.numpy()).save(path, format=GRID_FORMATS[suffix], **quality)
     return path
+
+
+def write_npy(images: Sequence[torch.Tensor], path: str | Path) -> Path:
+    """Samples of one shape → one NumPy file at ``path`` (suffix forced to .npy): a uint8 array [N, C, H, W]."""
+    import numpy as np
+
+    if not images:
+        raise ValueError("no images to write")
+    path = Path(path).with_suffix(".npy")
+    np.save(path, torch.stack(list(images)).numpy(), allow_pickle=False)
+    return path
+
+
+def read_images(path: Path) -> list[torch.Tensor]:
+    """The images of one file: an ``.npy`` file's (``read_npy``), else the one image of a PNG or JPEG file."""
+    return read_npy(path) if path.name.lower().endswith(".npy") else [read_image(path)]
+
+
+def read_npy(path: str | Path) -> list[torch.Tensor]:
+    """A NumPy file of uint8 images, [C, H, W] or [N, C, H, W] (as ``write_npy`` writes), → uint8 tensors [C, H, W];
+    ValueError naming a file that holds anything else, or more than ``MAX_PIXELS`` pixels an image (checked before
+    loading)."""
+    import numpy as np
+
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable NumPy .npy file ({err})") from None
+    if array.dtype != np.uint8 or array.ndim not in (3, 4) or array.shape[-3] not in (1, 2, 3, 4):
+        raise ValueError(f"{path} holds a {array.dtype} array of shape {list(array.shape)}; image .npy files hold "
+                         "uint8 images [C, H, W] or [N, C, H, W] with C in 1..4")
+    if array.shape[-1] * array.shape[-2] > MAX_PIXELS:
+        raise _too_large(path, f"{array.shape[-1]}x{array.shape[-2]}", "armm_image.image_io.MAX_PIXELS")
+    batch = torch.from_numpy(np.array(array)).reshape(-1, *array.shape[-3:])
+    return list(batch)

@@ -189,6 +189,11 @@ class PixelTokenizer(ImageTokenizer):
             return nearest_colour(rearrange(image, "c h w -> (h w) c"), self._fitted_palette()).tolist()
         return (rearrange(image, "c h w -> (h w c)").long() >> (8 - self.bits)).tolist()
 
+    def encode_prefix(self, sample: torch.Tensor, units: int) -> list[int]:
+        """A prompt of ``sample``'s first ``units`` pixels in raster order (``armm.prompt_ids``): every channel value
+        of each, or its palette colour."""
+        return self.encode(sample)[: units * (self.channels if self.palette_size is None else 1)]
+
     def decode(self, ids: Sequence[int]) -> torch.Tensor:
         codes = self.content_ids(ids)
         if self.palette_size is not None:

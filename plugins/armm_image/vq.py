@@ -88,6 +88,18 @@ class VQTokenizer(ImageTokenizer):
     def encode(self, sample: torch.Tensor) -> list[int]:
         return self.codes([sample])[0].tolist()
 
+    def encode_prefix(self, sample: torch.Tensor, units: int) -> list[int]:
+        """A prompt of the whole rows of codes among ``sample``'s first ``units`` pixels in raster order
+        (``armm.prompt_ids``; a row of codes covers ``downsample`` rows of pixels): the first codes of the whole
+        image's, so generation continues at the start of a code row."""
+        pixels_a_row = self.config["downsample"] * self.width
+        rows = units // pixels_a_row
+        if rows == 0:
+            raise ValueError(f"the first {units} pixels hold no whole row of codes: image-vq prompts continue from "
+                             f"whole code rows of {pixels_a_row} pixels ({self.config['downsample']} image rows); "
+                             f"keep at least {pixels_a_row}")
+        return self.encode(sample)[: rows * self.grid[1]]
+
     def decode(self, ids: Sequence[int]) -> torch.Tensor:
         return self.reconstruct(self.content_ids(ids)[None])[0]
 

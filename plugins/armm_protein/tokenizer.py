@@ -29,7 +29,7 @@ class ProteinTokenizer(Tokenizer):
     modality = "protein"
     unit = "residue"
     read_suffixes = FASTA_SUFFIXES
-    file_suffix = ".fasta"
+    file_suffixes = (".fasta", ".txt")  # FASTA; plain: one sequence per line
 
     _ids = {letter: i for i, letter in enumerate(ALPHABET)} | {letter.lower(): i for i, letter in enumerate(ALPHABET)}
 
@@ -71,13 +71,19 @@ class ProteinTokenizer(Tokenizer):
     def read(self, source: str | Path) -> list[str]:
         return [record.sequence for record in self.read_records(source)]
 
-    def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
-        """All samples into one FASTA file, records ``sample_0, sample_1, …``, wrapped at 60 columns."""
+    def write(self, samples: Sequence[str], path: str | Path, format: str | None = None) -> list[Path]:
+        """All samples into one file: FASTA, records ``sample_0, sample_1, …`` wrapped at 60 columns, or (``format``
+        ``.txt``) plain, one sequence per line."""
         if not samples:
             raise ValueError("no protein samples to write")
-        records = [FastaRecord(f"sample_{i}", "", self.decode(self.encode(s))) for i, s in enumerate(samples)]
-        target = numbered_paths(path, 1, self.file_suffix)[0]
-        target.write_text(format_fasta(records), encoding="utf-8")
+        sequences = [self.decode(self.encode(sample)) for sample in samples]
+        suffix = self.write_format(path, format)
+        if suffix == ".txt":
+            text = "".join(f"{sequence}\n" for sequence in sequences)
+        else:
+            text = format_fasta([FastaRecord(f"sample_{i}", "", sequence) for i, sequence in enumerate(sequences)])
+        target = numbered_paths(path, 1, suffix)[0]
+        target.write_text(text, encoding="utf-8")
         return [target]
 
     def save(self, directory: str | Path) -> None:

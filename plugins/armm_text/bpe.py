@@ -12,8 +12,8 @@ from typing import Any
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
 
-from armm.files import find_files, numbered_paths, read_json_object, read_text, read_text_pieces, with_gzip
-from armm.tokenizer import LongDocument, Tokenizer
+from armm.files import find_files, read_json_object, read_text, read_text_pieces, with_gzip
+from armm.tokenizer import TEXT_FORMATS, LongDocument, Tokenizer, write_texts
 
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILE = "bpe_settings.json"
@@ -56,7 +56,7 @@ class BPETokenizer(Tokenizer):
     name = "text-bpe"
     modality = "text"
     unit = "byte"
-    file_suffix = ".txt"
+    file_suffixes = TEXT_FORMATS
     read_suffixes: tuple[str, ...] = with_gzip((".txt", ".md"))
 
     def __init__(
@@ -269,12 +269,10 @@ class BPETokenizer(Tokenizer):
         wanted = json.loads(self.pre_tokenizer().__getstate__())
         return settings.get("normalizer") is None and settings.get("pre_tokenizer") == wanted
 
-    def write(self, samples: Sequence[str], path: str | Path) -> list[Path]:
-        """One UTF-8 file per sample, line endings exactly as in the sample."""
-        paths = numbered_paths(path, len(samples), self.file_suffix)
-        for sample, target in zip(samples, paths):
-            target.write_text(sample, encoding="utf-8", newline="")
-        return paths
+    def write(self, samples: Sequence[str], path: str | Path, format: str | None = None) -> list[Path]:
+        """One UTF-8 file per sample, line endings exactly as in the sample; or (``format`` ``.jsonl``) one file of
+        ``{"text": sample}`` lines (``armm.tokenizer.write_texts``)."""
+        return write_texts(samples, path, self.write_format(path, format))
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -221,6 +221,23 @@ def test_write_makes_numbered_16_bit_wavs_that_read_back_exactly(tmp_path):
     assert (tok.read(paths[1])[0] - samples[1]).abs().max() <= PCM16_STEP
 
 
+@pytest.mark.parametrize("output, format", [("out.flac", None), ("out", ".flac")])
+def test_flac_is_written_as_the_suffix_or_format_says_and_reads_back_exactly(tmp_path, output, format):
+    tok = MuLawTokenizer(sample_rate=8000)
+    on_the_pcm16_grid = torch.arange(-32768, 32768, dtype=torch.float32) / 32768
+    [path] = tok.write([on_the_pcm16_grid], tmp_path / output, format=format)
+    info = soundfile.info(path)
+    assert (path.name, info.format, info.subtype, info.samplerate) == ("out.flac", "FLAC", "PCM_16", 8000)
+    assert torch.equal(tok.read(path)[0], on_the_pcm16_grid)
+
+
+def test_an_empty_sample_is_refused_as_flac_before_writing_any(tmp_path):
+    with pytest.raises(ValueError, match="sample 1 holds no audio, which FLAC cannot store"):
+        MuLawTokenizer().write([torch.zeros(3), torch.zeros(0)], tmp_path / "out.flac")
+    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in MuLawTokenizer().write([torch.zeros(0)], tmp_path / "out.wav")] == ["out.wav"]
+
+
 # --- built-in datasets --------------------------------------------------------------------------------
 CLIPS = MuLawTokenizer(sample_rate=8000, clip_seconds=0.0625)
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not on PATH (CI installs it)")

@@ -1,10 +1,11 @@
-"""The image plugin: pixel tokens (8-bit, fewer bits, k-means palette), VQ-VAE codes, PNG/JPEG reading, PNG grids."""
+"""The image plugin: pixel tokens (8-bit, fewer bits, k-means palette), VQ-VAE codes, PNG/JPEG/NPY reading, PNG/JPEG grids, NPY arrays."""
 
 import struct
 import zlib
 from collections import Counter
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,7 @@ def write_png(image: torch.Tensor, path) -> None:
 
 class ImageContract(TokenizerContract):
     write_round_trips = False  # all samples go into one PNG grid; see test_grid_* below
+    lossy_formats = (".jpg", ".jpeg")
 
     def assert_same_sample(self, actual, expected):
         assert actual.dtype == torch.uint8 and torch.equal(actual, expected)
@@ -434,6 +436,36 @@ def test_one_written_sample_reads_back_exactly(tmp_path):
     [image] = random_images((3, 5, 7), count=1)
     [path] = tokenizer.write([image], tmp_path / "one")
     assert torch.equal(tokenizer.read(path)[0], image)
+
+
+def test_npy_keeps_every_sample_exactly_and_reads_back(tmp_path):
+    tokenizer = PixelTokenizer(size=(5, 7), channels=3)
+    samples = random_images((3, 5, 7), count=4)
+    [path] = tokenizer.write(samples, tmp_path / "batch.npy")
+    array = np.load(path)
+    assert path == tmp_path / "batch.npy" and array.dtype == np.uint8 and array.shape == (4, 3, 5, 7)
+    assert all(torch.equal(a, b) for a, b in zip(tokenizer.read(path), samples, strict=True))
+    with pytest.raises(FileNotFoundError, match=r"no images \(.png, .jpg, .jpeg\)"):  # not training data in a folder
+        tokenizer.read(tmp_path)
+
+
+def test_jpeg_is_a_grid_pil_reads_as_jpeg(tmp_path):
+    from PIL import Image
+
+    samples = random_images((1, 8, 8), count=4)
+    [path] = PixelTokenizer(size=8, channels=1).write(samples, tmp_path / "grid", format=".jpg")
+    with Image.open(path) as image:
+        assert (path.name, image.format, image.mode, image.size) == ("grid.jpg", "JPEG", "L", (2 * 10 + 2,) * 2)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((2, 8, 8), np.float32), "holds a float32 array of shape \\[2, 8, 8\\]; image .npy files hold uint8"),
+    (np.zeros((8, 8), np.uint8), "holds a uint8 array of shape \\[8, 8\\]"),
+])
+def test_an_npy_file_of_something_else_is_refused_naming_it(tmp_path, array, message):
+    np.save(tmp_path / "other.npy", array)
+    with pytest.raises(ValueError, match="other.npy " + message):
+        PixelTokenizer(size=8, channels=1).read(tmp_path / "other.npy")
 
 
 # --- digits dataset --------------------------------------------------------------------------------

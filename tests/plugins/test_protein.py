@@ -125,7 +125,7 @@ def test_a_binary_or_non_fasta_file_names_the_file(tok, tmp_path):
 
 def test_the_writer_wraps_at_60_columns_and_reads_back_the_same_sequences(tok, tmp_path):
     long = "M" + "ACDEFGHIKL" * 15  # 151 residues: lines of 60, 60 and 31
-    paths = tok.write([long, "mkt", "W" * 60], tmp_path / "generated.txt")
+    paths = tok.write([long, "mkt", "W" * 60], tmp_path / "generated.seq")  # not a format's suffix: FASTA
     assert paths == [tmp_path / "generated.fasta"]
     assert paths[0].read_text() == (
         f">sample_0\n{long[:60]}\n{long[60:120]}\n{long[120:]}\n"
@@ -135,6 +135,13 @@ def test_the_writer_wraps_at_60_columns_and_reads_back_the_same_sequences(tok, t
     assert tok.read_records(paths[0]) == [
         FastaRecord("sample_0", "", long), FastaRecord("sample_1", "", "MKT"), FastaRecord("sample_2", "", "W" * 60)
     ]
+
+
+@pytest.mark.parametrize("output, format", [("plain.txt", None), ("plain", ".txt")])
+def test_the_plain_format_is_one_sequence_a_line(tok, tmp_path, output, format):
+    long = "M" + "ACDEFGHIKL" * 15  # one line, however long
+    [path] = tok.write([long, "mkt"], tmp_path / output, format=format)
+    assert path == tmp_path / "plain.txt" and path.read_text() == f"{long}\nMKT\n"
 
 
 def test_the_writer_refuses_invalid_residues_and_nothing_to_write(tok, tmp_path):

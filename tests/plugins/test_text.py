@@ -1,5 +1,6 @@
 """The text plugin: byte-level BPE (text-bpe), checked by the contract suite and against Hugging Face tokenizers."""
 
+import json
 import pickle
 
 import pytest
@@ -8,6 +9,7 @@ from pydoc_data.topics import topics
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from armm.datasource import read_source
 from armm.testing import TokenizerContract
 from armm_text import BPETokenizer
 
@@ -34,6 +36,15 @@ class TestTextBPEContract(TokenizerContract):
 
     def sample_strategy(self, tokenizer):
         return st.text()
+
+
+def test_jsonl_holds_a_text_line_per_sample_that_reads_back_as_training_data(fitted, tmp_path):
+    samples = ["naïve\r\ncafé", '{"not": "json"}', " "]
+    [path] = fitted.write(samples, tmp_path / "out.jsonl")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [{"text": sample} for sample in samples]
+    assert read_source(fitted, path) == samples
+    assert [p.name for p in fitted.write(samples, tmp_path / "out")] == ["out-0.txt", "out-1.txt", "out-2.txt"]
 
 
 def test_every_pydoc_topic_round_trips_exactly(fitted):
