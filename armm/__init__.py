@@ -10,6 +10,7 @@ from armm.prompts import prompt_ids
 from armm.sampling import Sampler, build_sampler
 from armm.scoring import Score, score
 from armm.speculative import SpeculativeStats, speculative_generate
+from armm.symbols import Symbol, SymbolTokenizer
 from armm.tokenizer import ByteTokenizer, Tokenizer
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "Sampler",
     "Score",
     "SpeculativeStats",
+    "Symbol",
+    "SymbolTokenizer",
     "Tokenizer",
     "Transformer",
     "build_sampler",

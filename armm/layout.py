@@ -30,6 +30,7 @@ from armm.generation import Guidance
 from armm.hookspecs import hookimpl
 from armm.plugins import get_plugins
 from armm.sampling import NEG_INF, Sampler, build_sampler
+from armm.symbols import SymbolTokenizer
 from armm.tokenizer import Tokenizer, build_tokenizer
 
 LAYOUT_FILE = "layout.json"
@@ -411,11 +412,14 @@ class VocabLayout(Tokenizer):
 
 def sampler_for(tokenizer: Tokenizer, spec: str | Sampler, per_part: Mapping[str, str] | None = None) -> Sampler:
     """The sampler generation should use with ``tokenizer``: for a mixed layout, ``spec`` inside its grammar
-    (with ``per_part`` samplers); for any other tokenizer, ``spec`` itself."""
+    (with ``per_part`` samplers); for a ``SymbolTokenizer``, ``spec`` inside its grammar if it has one; for any
+    other tokenizer, ``spec`` itself."""
     if isinstance(tokenizer, VocabLayout):
         return tokenizer.sampler(spec, per_part)
     if per_part:
         raise ValueError(f"per-part samplers need a mixed layout tokenizer; this model's is {tokenizer.name!r}")
+    if isinstance(tokenizer, SymbolTokenizer):
+        return tokenizer.sampler(spec)  # inside its grammar, if it has one
     return build_sampler(spec, tokenizer=tokenizer)
 
 

@@ -406,6 +406,18 @@ def npy_of_floats(tmp: Path) -> list:
     return PixelTokenizer(size=8, channels=1).read(tmp / "floats.npy")
 
 
+class _Notes(armm.SymbolTokenizer):  # a symbol tokenizer for the catalogue's SymbolTokenizer cases
+    name, modality, unit = "catalogue-notes", "music", "note"
+    groups = {"pitch": range(60, 80), "duration": ["1/8", "1/4"], "rest": None}
+    grammar = {"pitch": ["duration"], "duration": ["pitch", "rest"], "rest": ["durations"]}
+    read = write = None
+
+
+def _saved_with_other_groups(tmp: Path) -> None:
+    (tmp / "catalogue-notes.json").write_text(json.dumps({"groups": {"pitch": [60]}}))
+    _Notes.load(tmp)
+
+
 API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
     "sampler-empty": (lambda tmp: armm.build_sampler(""), ValueError, "sampler spec must be a non-empty string"),
     "prompt-id-outside-vocabulary": (lambda tmp: armm.generate(tiny_model(), [[1, 500]], max_new_tokens=1),
@@ -497,6 +509,13 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
                          "write .wav, which can"),
     "image-npy-not-images": (npy_of_floats, ValueError, "floats.npy holds a float32 array of shape [2, 8, 8]; image "
                              ".npy files hold uint8 images [C, H, W] or [N, C, H, W] with C in 1..4"),
+    "symbol-invalid": (lambda tmp: _Notes().encode([60, "1/16"]), ValueError,
+                       "invalid note '1/16' at position 1; allowed: pitch: 60, 61, 62, …, 79; duration: 1/8, 1/4"),
+    "symbol-ambiguous": (lambda tmp: type("Twice", (_Notes,), {"groups": {"a": ["x"], "b": ["x"]}})().encode(["x"]),
+                         ValueError, "note 'x' at position 0 is in groups ['a', 'b']; give it as a (group, symbol) pair"),
+    "symbol-groups-changed": (_saved_with_other_groups, ValueError, "catalogue-notes.json was saved with groups"),
+    "symbol-grammar-unknown-group": (lambda tmp: _Notes().sampler("greedy"), ValueError,
+                                     "the grammar names group 'durations', which is not one of the groups"),
 }
 
 

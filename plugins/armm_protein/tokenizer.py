@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from armm.files import find_files, numbered_paths, read_json_object, with_gzip
-from armm.tokenizer import Tokenizer
+from armm.files import find_files, numbered_paths, with_gzip
+from armm.symbols import SymbolTokenizer
 from armm_protein.fasta import FastaRecord, format_fasta, read_fasta
 
 STANDARD = "ACDEFGHIKLMNPQRSTVWY"
@@ -16,10 +15,9 @@ ALPHABET = STANDARD + RARE
 THREE_LETTER = ("Ala Cys Asp Glu Phe Gly His Ile Lys Leu Met Asn Pro Gln Arg Ser Thr Val Trp Tyr "
                 "Asx Glx Xaa Sec Pyl").split()  # in ALPHABET order
 FASTA_SUFFIXES = with_gzip((".fasta", ".fa", ".faa"))
-SAVE_FILE = "protein.json"
 
 
-class ProteinTokenizer(Tokenizer):
+class ProteinTokenizer(SymbolTokenizer):
     """Residue letters → ids ``0 .. 24`` in ``ALPHABET`` order, then bos=25, eos=26, pad=27. Lossless.
 
     A sample is a ``str`` of upper-case residue letters; ``encode`` also accepts lower case.
@@ -30,31 +28,16 @@ class ProteinTokenizer(Tokenizer):
     unit = "residue"
     read_suffixes = FASTA_SUFFIXES
     file_suffixes = (".fasta", ".txt")  # FASTA; plain: one sequence per line
-
-    _ids = {letter: i for i, letter in enumerate(ALPHABET)} | {letter.lower(): i for i, letter in enumerate(ALPHABET)}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(ALPHABET) + 3
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        return {"bos": len(ALPHABET), "eos": len(ALPHABET) + 1, "pad": len(ALPHABET) + 2}
+    groups = {"residue": ALPHABET}
+    ignore_case = True
 
     def encode(self, sample: str) -> list[int]:
         if not isinstance(sample, str):
             raise TypeError(f"tokenizer 'protein' encodes str, got {type(sample).__name__}")
-        try:
-            return [self._ids[residue] for residue in sample]
-        except KeyError:
-            position, residue = next((i, r) for i, r in enumerate(sample) if r not in self._ids)
-            raise ValueError(
-                f"invalid residue {residue!r} at position {position}; allowed: {ALPHABET} (either case)"
-            ) from None
+        return super().encode(sample)
 
     def decode(self, ids: Sequence[int]) -> str:
-        self.check_ids(ids)
-        return "".join(ALPHABET[token] for token in ids if token < len(ALPHABET))
+        return "".join(symbol.value for symbol in self.decode_symbols(ids))
 
     def num_units(self, sample: str) -> int:
         return len(sample)
@@ -86,14 +69,5 @@ class ProteinTokenizer(Tokenizer):
         target.write_text(text, encoding="utf-8")
         return [target]
 
-    def save(self, directory: str | Path) -> None:
-        (Path(directory) / SAVE_FILE).write_text(json.dumps({"alphabet": ALPHABET}) + "\n")
-
-    @classmethod
-    def load(cls, directory: str | Path) -> ProteinTokenizer:
-        path = Path(directory) / SAVE_FILE
-        saved = read_json_object(path, "the alphabet ProteinTokenizer.save wrote")["alphabet"]
-        if saved != ALPHABET:
-            raise ValueError(f"{path} was saved with alphabet {saved!r}, but this version of armm_protein uses "
-                             f"{ALPHABET!r}; the token ids would not match")
-        return cls()
+    def saved(self) -> dict[str, str]:
+        return {"alphabet": ALPHABET}  # the file models saved before SymbolTokenizer hold

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,37 +15,22 @@ BASES = "ACGTN"
 COMPLEMENT = np.array([3, 2, 1, 0, 4])  # A↔T, C↔G, N stays N
 
 
-class DNATokenizer(armm.Tokenizer):
-    """Bases → ids 0..4 in ``BASES`` order, then bos=5, eos=6, pad=7. A sample is an upper-case ``str``."""
+class DNATokenizer(armm.SymbolTokenizer):
+    """Bases → ids 0..4 in ``BASES`` order, then bos=5, eos=6, pad=7. A sample is an upper-case ``str``.
+
+    ``armm.SymbolTokenizer`` derives the ids, ``vocab_size``, ``special_tokens``, ``token_name``, ``encode`` (a
+    ValueError names a bad base and its position), ``save`` and ``load`` from ``groups``."""
 
     name = "dna"  # the registry key: `--tokenizer dna`, recorded in saved models
     modality = "dna"
     unit = "base"  # what `armm score` reports "bits per base" over
     file_suffix = ".txt"  # what `write` produces: one sequence per line
     read_suffixes = (".txt",)  # the files `read` takes in a folder: training reads them one by one
-
-    _ids = {base: i for i, base in enumerate(BASES)} | {base.lower(): i for i, base in enumerate(BASES)}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(BASES) + 3
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        return {"bos": len(BASES), "eos": len(BASES) + 1, "pad": len(BASES) + 2}
-
-    def encode(self, sample: str) -> list[int]:
-        """Upper or lower case bases → ids; anything else is a ValueError naming it and its position."""
-        ids = []
-        for position, base in enumerate(sample):
-            if base not in self._ids:
-                raise ValueError(f"invalid base {base!r} at position {position}; allowed: {BASES} (either case)")
-            ids.append(self._ids[base])
-        return ids
+    groups = {"base": BASES}  # one group of five one-letter symbols
+    ignore_case = True  # encode takes lower case too
 
     def decode(self, ids: Sequence[int]) -> str:
-        self.check_ids(ids)  # ValueError naming any id outside [0, vocab_size)
-        return "".join(BASES[i] for i in ids if i < len(BASES))  # special tokens are skipped
+        return "".join(symbol.value for symbol in self.decode_symbols(ids))  # special tokens are skipped
 
     def num_units(self, sample: str) -> int:
         return len(sample)
@@ -88,12 +72,5 @@ class DNATokenizer(armm.Tokenizer):
         target.write_text("".join(sample + "\n" for sample in samples), encoding="utf-8")
         return [target]
 
-    def save(self, directory: str | Path) -> None:
-        (Path(directory) / "dna.json").write_text(json.dumps({"bases": BASES}) + "\n")
-
-    @classmethod
-    def load(cls, directory: str | Path) -> DNATokenizer:
-        saved = json.loads((Path(directory) / "dna.json").read_text())["bases"]
-        if saved != BASES:
-            raise ValueError(f"{directory} was saved with bases {saved!r}, not {BASES!r}; the ids would not match")
-        return cls()
+    def saved(self) -> dict[str, str]:
+        return {"bases": BASES}  # what `save` writes to dna.json and `load` checks
