@@ -154,6 +154,14 @@ def _fields_of(config: ModelConfig, sizes: Iterable[int]) -> str:
                      if isinstance(value, int) and not isinstance(value, bool) and value in sizes)
 
 
+def check_memory(directory: Path, config: ModelConfig) -> None:
+    """Before a model of ``config`` is built to load the weights in ``directory``: refuse one that cannot fit in the
+    memory available (see ``_check_memory``)."""
+    with torch.device("meta"):  # the tensors' sizes without their memory
+        model = Transformer(config)
+    _check_memory(directory, model, config)
+
+
 def _check_memory(directory: Path, model: Transformer, config: ModelConfig) -> None:
     """Refuse a model (``model`` on the meta device) whose tensors, twice over, need more memory than is available:
     loading builds the model, reads the weights into memory, then copies them in."""

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from armm.checkpoint import TOKENIZER_DIR, load_model, save_model
+from armm.checkpoint import TOKENIZER_DIR, check_memory, load_model, save_model
 from armm.config import ROPE_SCALINGS, ModelConfig
 from armm.files import read_json_object
 from armm.model import Transformer
@@ -308,6 +308,7 @@ def load_hf(
     else:
         config = llama_config(hf, architecture)
         rules = llama_rules(config, llama_biases(hf, architecture))
+    check_memory(directory, config)  # sizes from a file: checked before any tensor is allocated
     tensors = gpt2_names(read_weights(directory))
     model = Transformer(config)
     model.load_state_dict(core_state(tensors, rules, model, directory))

@@ -348,3 +348,13 @@ def test_rope_types_other_than_llama3_are_still_refused(tmp_path):
     edit_config(hf_dir, rope_scaling={"rope_type": "llama3", "factor": 8.0})
     with pytest.raises(ValueError, match=r"needs \['low_freq_factor', 'high_freq_factor'\]"):
         load_hf(hf_dir)
+
+
+def test_a_checkpoint_too_large_for_memory_is_refused_before_anything_is_allocated(gpt2_dir, monkeypatch):
+    """Sizes in a Hugging Face config.json come from a file: the memory they need is checked before building."""
+    import armm.checkpoint
+
+    edit_config(gpt2_dir, n_embd=2**16, n_head=2**8)  # ~2**16 x vocab and 12 x 2**32 weights per layer
+    monkeypatch.setattr(armm.checkpoint, "available_memory", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"needs .* GiB of memory to load but 1.0 GiB is available"):
+        load_hf(gpt2_dir)
