@@ -135,7 +135,7 @@ def test_nan_logits_off_the_cpu_are_an_error_at_the_next_sync_not_token_zero(str
     import armm.sampling as sampling
 
     monkeypatch.setattr(generation, "defers_nan_check", lambda device: True)
-    monkeypatch.setattr(sampling, "check_logits", lambda logits, tokens: None)  # the device path's sampler
+    monkeypatch.setattr(sampling, "check_logits", lambda logits, top, tokens: None)  # the device path's sampler
     model = tiny_model()
     with torch.no_grad():
         model.blocks[0].attn.qkv.weight[0, 0] = float("nan")  # every logit NaN from the first step

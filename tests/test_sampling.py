@@ -189,7 +189,7 @@ def test_top_k_keeps_exactly_the_k_largest(batch, vocab, k):
     assert_same_filter(out, reference([("top_k", k)], logits, no_context(batch)))
 
 
-@pytest.mark.parametrize("vocab", [2, 17, 300])
+@pytest.mark.parametrize("vocab", [2, 17, 300, 5000])  # 5000: past NUCLEUS_CANDIDATES, ranked by topk first
 def test_top_p_keeps_the_smallest_prefix_of_the_sorted_distribution_reaching_p(vocab):
     eps = 1e-5  # float32 (code) vs float64 (here) probability mass
     rng = np.random.default_rng(vocab)
@@ -206,6 +206,22 @@ def test_top_p_keeps_the_smallest_prefix_of_the_sorted_distribution_reaching_p(v
             assert mass >= p - eps, f"kept mass {mass} < p={p}"
             without_last = mass - probs[kept].min()
             assert without_last < p + eps, f"not minimal: {without_last} >= p={p} without the least likely kept"
+
+
+@pytest.mark.parametrize("scale, masked", [(0.05, 0.0), (1.0, 0.0), (4.0, 0.3), (12.0, 0.0)])
+def test_top_p_over_a_large_vocabulary_equals_the_full_sort_whether_or_not_the_candidates_hold_p(scale, masked,
+                                                                                                monkeypatch):
+    """On the CPU a large vocabulary's nucleus is found among the likeliest NUCLEUS_CANDIDATES when they hold p, and
+    by a full sort when they do not (nearly flat rows): the same tokens either way (here: against the full sort)."""
+    import armm.sampling as sampling
+
+    logits = random_logits(12, 6000, seed=int(scale * 10), scale=scale, masked=masked)
+    for p in (0.1, 0.5, 0.9, 0.99):
+        fast = TopP(p)(logits, no_context(12))
+        monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", 10**9)  # no candidates: always the full sort
+        full = TopP(p)(logits, no_context(12))
+        monkeypatch.undo()
+        torch.testing.assert_close(fast, full, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("p, size", [(0.2, 1), (0.25, 1), (0.3, 2), (0.5, 2), (0.75, 3), (0.76, 4)])
