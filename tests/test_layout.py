@@ -439,7 +439,8 @@ def test_a_per_part_sampler_is_greedy_inside_image_spans_and_samples_elsewhere()
         if GRAMMAR.state(prefix)[0] == "image":
             assert got[row] == int(masked.argmax())
         else:
-            noise = torch.empty(masked.shape).exponential_(generator=torch.Generator().manual_seed(seeds[row]))
+            uniform = torch.rand(masked.shape, generator=torch.Generator().manual_seed(seeds[row]))
+            noise = -uniform.log()  # Exp(1), as armm.sampling.draw makes it
             assert got[row] == int((masked.softmax(-1) / noise).argmax())
     sampled = [got[r] != int(logits[r].argmax()) for r, p in enumerate(prefixes) if GRAMMAR.state(p)[0] != "image"]
     assert any(sampled)  # outside image spans it really samples

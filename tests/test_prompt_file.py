@@ -9,6 +9,7 @@ import pytest
 import soundfile
 import torch
 from PIL import Image
+from rich.control import strip_control_codes
 from armm_audio import CodecTokenizer, MuLawTokenizer
 from armm_code import CodeTokenizer
 from armm_image import PixelTokenizer, VQTokenizer
@@ -132,10 +133,10 @@ def test_a_text_prompt_file_is_printed_with_its_continuation(tmp_path, capsys):
     sample_file(directory, text_file(tmp_path / "prompt.txt"), tmp_path, "--prompt-units", "10", output=None)
     ids = [tok.bos_id, *TEXT[:10].encode()]
     new = armm.generate(model, [ids], max_new_tokens=6, sampler="temperature=1", stop_tokens=[tok.eos_id], seed=[0])
-    assert capsys.readouterr().out == tok.decode(ids + new[0]) + "\n"
+    assert capsys.readouterr().out == strip_control_codes(tok.decode(ids + new[0])) + "\n"  # as rich prints it
     main(["sample", str(directory), "--prompt-file", str(tmp_path / "prompt.txt"), "--prompt-units", "10",
           "--max-new-tokens", "6", "--seed", "0", "--sampler", "temperature=1", "--stream"])
-    assert capsys.readouterr().out == tok.decode(ids + new[0]) + "\n"
+    assert capsys.readouterr().out == strip_control_codes(tok.decode(ids + new[0])) + "\n"  # as rich prints it
 
 
 def test_a_file_of_several_samples_gives_the_first_said_on_stderr_or_the_one_asked_for(tmp_path, fed, capsys):
