@@ -108,7 +108,8 @@ def sample(
             among them); of a mixed sample, its last part's.
         prompt_index: Which sample of --prompt-file to continue, from 0.
         sampler: A sampler spec such as "greedy", "top_k=40" or "temperature=0.7,top_p=0.9".
-        max_new_tokens: How many tokens to generate at most (generation also stops at eos).
+        max_new_tokens: How many tokens to generate at most (generation also stops at eos, and a model of several
+            streams at the end of its context).
         seed: Random seed; sample i uses seed + i, so results are reproducible.
         num_samples: How many samples to draw.
         stream: Print text as it is generated.
@@ -116,7 +117,8 @@ def sample(
             tokenizer writes, or none, and it adds its own); required for modalities whose samples are not text.
             Several samples are numbered (out-0.txt, out-1.txt) or gathered in one file (a FASTA, an image grid), as
             the modality does. An existing folder, or a path ending with "/", gets them inside it as sample.txt
-            (sample-0.txt, …).
+            (sample-0.txt, …). For a mixed model, a suffix of one part's files (seven.wav: the audio part) opens
+            that part's span after --prompt, so that part is what the model generates.
         overwrite: Replace files --output would write that exist already (refused otherwise).
         part_samplers: For a mixed-modality model, a sampler per part, e.g. '{"image": "top_k=64"}'
             (--sampler applies elsewhere); generation always keeps to the layout's spans.
@@ -140,6 +142,11 @@ def sample(
         raise ValueError(f"{tok.modality} samples are files: pass --output PATH (written as {tok.file_suffix})")
     target = None if output is None else sample_output(output, tok)
     ids = _prompt_ids(tok, prompt, prompt_file, prompt_units, prompt_index)
+    opened = tok.part_written_as(target.suffix) if isinstance(tok, VocabLayout) and target else None
+    if opened is not None and opened != tok.prompt_part and prompt_file is None:  # a file's last span is open already
+        ids += tok.span_of_ids(opened, [], close=False, at=len(ids) - len(tok.start_ids))
+    if model.config.num_streams > 1:  # it cannot go past its context: stop there
+        max_new_tokens = max(1, min(max_new_tokens, (model.config.max_seq_len + 1) * model.config.num_streams - len(ids)))
     sampler = sampler_for(tok, sampler, part_samplers)
     guided = guidance is not None or guidance_tokens is not None
     if guided and not isinstance(tok, VocabLayout):
@@ -228,7 +235,7 @@ def _prompt_ids(tok: Tokenizer, prompt: str, file: Path | None = None, units: in
     if file is not None:
         ids = prompt_ids(tok, _file_sample(tok, file, index), units)
     else:
-        ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(prompt)
+        ids = tok.start_ids + tok.encode_prompt(prompt)
     if not ids:
         raise ValueError(f"tokenizer {tok.name!r} has no bos token, so generation needs a non-empty --prompt")
     return ids
@@ -250,7 +257,7 @@ def _file_sample(tok: Tokenizer, file: Path, index: int | None) -> typing.Any:
 
 def _sample_ids(tok: Tokenizer, sample) -> list[int]:
     """bos, then the sample's ids: what scoring conditions on and scores."""
-    return ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(sample)
+    return tok.start_ids + tok.encode(sample)
 
 
 def _normalise_args(argv: list[str]) -> list[str]:

@@ -16,10 +16,11 @@ Norm = Literal["layernorm", "rmsnorm"]
 MLPKind = Literal["gelu", "swiglu"]
 
 _CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
-_INTEGERS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len")
+_INTEGERS = ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "max_seq_len", "num_streams")
 # Far past any model yet built (Llama 3.1 405B: 126 layers, d_model 16384, d_ff 53248, 128k context; the largest
 # vocabularies are ~256k); a value above is a typo or a hostile file. n_head and n_kv_head divide d_model.
-MAXIMA = {"vocab_size": 2**24, "n_layer": 2**12, "d_model": 2**17, "d_ff": 2**20, "max_seq_len": 2**27}
+MAXIMA = {"vocab_size": 2**24, "n_layer": 2**12, "d_model": 2**17, "d_ff": 2**20, "max_seq_len": 2**27,
+          "num_streams": 64}
 _NUMBERS = ("rope_theta", "norm_eps", "dropout")
 _FLAGS = ("bias", "tie_embeddings")
 ROPE_SCALINGS = {  # rope_type → its parameters (as Hugging Face names them)
@@ -37,6 +38,11 @@ class ModelConfig:
     approximation, as GPT-2 does. ``rope_scaling`` rescales RoPE's frequencies for a longer context, as
     Llama 3.1 does: ``{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192}`` (``ROPE_SCALINGS`` lists the types and their parameters).
+
+    ``num_streams`` K > 1 reads K parallel streams, as MusicGen reads K codebooks in its delay pattern: a position
+    holds K ids (a sequence of ids is read K at a time), its input is the sum of their K embeddings, and the output
+    layer predicts the next position's K ids (``K · vocab_size`` outputs, so the embeddings cannot be tied).
+    ``max_seq_len`` counts positions.
     """
 
     vocab_size: int = 256
@@ -55,6 +61,7 @@ class ModelConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     rope_scaling: dict[str, Any] | None = None
+    num_streams: int = 1
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -85,6 +92,9 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{field} must be > 0, got {getattr(self, field)}")
         if self.rope_scaling is not None:
             self._check_rope_scaling()
+        if self.num_streams > 1 and self.tie_embeddings:
+            raise ValueError(f"ModelConfig.tie_embeddings needs one output per position, but num_streams="
+                             f"{self.num_streams} predicts {self.num_streams}; set tie_embeddings to false")
 
     def _check_rope_scaling(self) -> None:
         """A known ``rope_type`` with exactly its parameters, each a positive number, on a RoPE model."""
@@ -128,8 +138,18 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_head
 
+    def check_one_stream(self, what: str) -> None:
+        """Refuse ``what`` (a feature that reads one id a position) for a model of several streams."""
+        if self.num_streams > 1:
+            raise ValueError(f"{what} reads one id a position, but this model reads num_streams={self.num_streams} "
+                             f"(a stream layout such as the delay pattern); use generate, score or armm sample with it")
+
     def too_long(self, length: int) -> ValueError:
-        """The error for a sequence of ``length`` tokens that does not fit the context."""
+        """The error for a sequence of ``length`` positions that does not fit the context."""
+        if self.num_streams > 1:
+            return ValueError(f"sequence of {length} positions ({length * self.num_streams} ids, {self.num_streams} "
+                              f"a position) is longer than the model's context (max_seq_len={self.max_seq_len} "
+                              f"positions); truncate or split it")
         return ValueError(f"sequence of {length} tokens is longer than the model's context "
                           f"(max_seq_len={self.max_seq_len}); truncate or split it")
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from armm.backends import check_backend, check_quantize, decoding
 from armm.config import ModelConfig
-from armm.model import Transformer
+from armm.model import Transformer, last_position
 from armm.sampling import Sampler, build_sampler, nan_logits_error
 
 Prompts = Sequence[Sequence[int]]
@@ -100,12 +100,17 @@ def generate(
       them: the sliding-window attention Mistral-style models are trained with, not a recomputed window.
     - ``chunked`` (approximate, any model): once a row's window is full, it keeps its last ``max_seq_len // 2``
       tokens, prefilled afresh, and goes on from there with the cache; one prefill per half a window of tokens.
+
+    A model of ``num_streams`` K > 1 reads K ids a position: prompts hold whole positions (a multiple of K ids),
+    each model step yields K ids (drawn one after another, so samplers and stop tokens see every id before theirs),
+    and prompt and new tokens must fit in its context.
     """
     config = model.config
     device = model.tok_emb.weight.device
-    rows = check_prompts(prompts, config.vocab_size, config.max_seq_len, max_new_tokens)
+    rows = check_prompts(prompts, config.vocab_size, config.max_seq_len, max_new_tokens, streams=config.num_streams)
     if guidance is not None:
-        unconditional = check_prompts(guidance.unconditional, config.vocab_size, config.max_seq_len, max_new_tokens)
+        unconditional = check_prompts(guidance.unconditional, config.vocab_size, config.max_seq_len, max_new_tokens,
+                                      streams=config.num_streams)
         if len(unconditional) != len(rows):
             raise ValueError(f"guidance needs one unconditional prompt per prompt ({len(rows)}), got {len(unconditional)}")
         rows = rows + unconditional
@@ -154,10 +159,16 @@ MAX_CONTEXT_IDS = 2**28  # token ids a generation holds (rows x (prompt + new to
 
 
 def check_prompts(prompts: Prompts, vocab_size: int, max_seq_len: int, max_new_tokens: int,
-                  slide: bool = True) -> list[list[int]]:
+                  slide: bool = True, streams: int = 1) -> list[list[int]]:
     """Validate prompts and budget, with errors that say what is allowed. A prompt may fill the context; with
     ``slide`` the new tokens may go past it (each predicted from the last ``max_seq_len`` tokens), else they must
-    fit in it too."""
+    fit in it too. A model of ``streams`` K > 1 reads K ids a position: prompts hold whole positions, and prompt
+    and new tokens must fit in ``max_seq_len`` positions and the one drawn from the last of them (never read)."""
+    if streams > 1:  # in ids: the prompt may fill the context; the position after it is drawn, never read
+        slide, longest, most = False, max_seq_len * streams, (max_seq_len + 1) * streams
+        context = f"{max_seq_len} positions of {streams} ids, and one more drawn from them"
+    else:  # without sliding, one new token must fit too
+        longest, most, context = (max_seq_len if slide else max_seq_len - 1), max_seq_len, f"max_seq_len={max_seq_len}"
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
@@ -169,21 +180,24 @@ def check_prompts(prompts: Prompts, vocab_size: int, max_seq_len: int, max_new_t
         ids = prompt.tolist() if isinstance(prompt, Tensor) else list(prompt)
         if not ids:
             raise ValueError(f"prompt {row} is empty; start it with at least one token (e.g. the tokenizer's bos)")
+        if len(ids) % streams:
+            raise ValueError(f"prompt {row} has {len(ids)} ids, but the model reads {streams} ids a position "
+                             f"(num_streams); give whole positions: start it with the tokenizer's start_ids and "
+                             f"keep its length a multiple of {streams}")
         for position, token in enumerate(ids):
             if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab_size:
                 raise ValueError(
                     f"prompt {row} has token id {token!r} at position {position}, outside the model's "
                     f"vocabulary (0 .. {vocab_size - 1})"
                 )
-        longest = max_seq_len if slide else max_seq_len - 1  # without sliding, one new token must fit too
         if len(ids) > longest:
             raise ValueError(f"prompt {row} has {len(ids)} tokens, more than the model's context allows "
-                             f"(max_seq_len={max_seq_len}); shorten it to at most {longest} tokens")
-        if not slide and len(ids) + max_new_tokens > max_seq_len:
+                             f"({context}); shorten it to at most {longest} tokens")
+        if not slide and len(ids) + max_new_tokens > most:
             raise ValueError(
                 f"prompt {row} has {len(ids)} tokens, which with max_new_tokens={max_new_tokens} needs "
-                f"{len(ids) + max_new_tokens} positions, more than the model's context (max_seq_len={max_seq_len}); "
-                f"lower max_new_tokens to at most {max_seq_len - len(ids)}"
+                f"{len(ids) + max_new_tokens} positions, more than the model's context ({context}); "
+                f"lower max_new_tokens to at most {most - len(ids)}"
             )
         checked.append(ids)
     held = len(checked) * (max(map(len, checked)) + max_new_tokens)
@@ -253,35 +267,39 @@ def _decode(
     row's logits were NaN, -1 if never; None on the CPU, where the sampler raises); stop once every row has drawn a
     stop token.
 
-    With guidance, ``rows`` holds the B prompts and then their B unconditional prompts (R = 2B rows).
+    With guidance, ``rows`` holds the B prompts and then their B unconditional prompts (R = 2B rows). A model of K
+    streams yields K tokens a model step; the cache and ``pad`` count positions (K ids each), the context ids.
     """
     device = model.tok_emb.weight.device
     R, P = len(rows), max(len(r) for r in rows)
     B = R // 2 if guidance is not None else R
+    K = model.config.num_streams
 
     # Left-pad every prompt to P; -1 marks padding in the context the samplers see.
     context = torch.full((R, P + max_new_tokens), -1, dtype=torch.long, device=device)
     for row, ids in enumerate(rows):
         context[row, P - len(ids):P] = torch.tensor(ids, device=device)
-    pad = torch.tensor([P - len(ids) for ids in rows], device=device) if any(len(r) < P for r in rows) else None
+    pad = torch.tensor([(P - len(ids)) // K for ids in rows], device=device) if any(len(r) < P for r in rows) else None
 
     window = model.config.max_seq_len
-    rolling = past_context == "rolling" and P + max_new_tokens > window
+    positions = -(-(P + max_new_tokens) // K)  # the cache slots the prompt and new tokens fill
+    rolling = past_context == "rolling" and positions > window
     keep = window if past_context == "recompute" else max(1, window // 2)  # tokens a refill keeps
     first = [P - len(r) for r in rows]  # each row's first token in the cache (a slot of `context`)
     shift, cache_pad = 0, pad  # the cache holds slots shift.. of the context; cache_pad[r] = first[r] - shift
-    with decoding(model, R, min(P + max_new_tokens, window), backend, quantize, rolling) as decoder:
-        logits = decoder.forward(context[:, :P].clamp(min=0), 0, pad, logits_to_keep=1)[:, -1]  # prefill: (R, V)
+    with decoding(model, R, min(positions, window), backend, quantize, rolling) as decoder:
+        logits = last_position(decoder.forward(context[:, :P].clamp(min=0), 0, pad, logits_to_keep=1))  # prefill: (R, V) or (R, K, V)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         # On an accelerator the sampler cannot check NaN logits without waiting each step: note the step instead.
         nan_at = torch.full((B,), -1, device=device) if defers_nan_check(device) else None  # (B,)
         for step in range(max_new_tokens):
-            slot = P + step
+            slot = P + step  # the new token's place in the context
+            stream_logits = logits if K == 1 else logits[:, step % K]  # (R, V)
             if guidance is not None:
-                logits = guidance(logits, context[:B, :slot], step)  # (B, V)
+                stream_logits = guidance(stream_logits, context[:B, :slot], step)  # (B, V)
             if nan_at is not None:
-                nan_at = torch.where((nan_at < 0) & logits[:B].isnan().any(-1), step, nan_at)
-            token = sampler(logits, context[:B, :slot], generators)  # (B,)
+                nan_at = torch.where((nan_at < 0) & stream_logits[:B].isnan().any(-1), step, nan_at)
+            token = sampler(stream_logits, context[:B, :slot], generators)  # (B,)
             context[:, slot].view(R // B, B).copy_(token)  # an unconditional row takes its prompt's token too
             yield token, finished.clone(), nan_at
             if stops is not None:
@@ -290,7 +308,11 @@ def _decode(
                     return
             if step + 1 == max_new_tokens:
                 return
-            if rolling or slot - shift < window:
+            if (slot + 1) % K:
+                continue  # the position's next stream is already predicted
+            if K > 1:  # the context fits the cache (check_prompts): one step of the K ids just drawn
+                logits = decoder.step(context[:, slot + 1 - K:slot + 1], slot // K, pad)  # (R, K) → (R, K, V)
+            elif rolling or slot - shift < window:
                 logits = decoder.step(context[:, slot:slot + 1], slot - shift, cache_pad)  # (R, 1) → logits (R, V)
             else:  # the cache is full: rows whose window is full keep their last `keep` tokens; prefill afresh
                 first = [slot + 1 - keep if slot + 1 - f > window else f for f in first]

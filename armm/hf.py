@@ -163,6 +163,7 @@ def llama_config(hf: dict[str, Any], architecture: str) -> ModelConfig:
 
 def family_of(config: ModelConfig) -> Family:
     """Which HF family an armm config exports to, or a ValueError saying what does not fit."""
+    config.check_one_stream("a Hugging Face GPT-2 or Llama")
     layout = (config.position, config.norm, config.mlp)
     if layout == ("learned", "layernorm", "gelu"):
         if not config.bias or config.n_kv_head != config.n_head:

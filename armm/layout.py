@@ -11,6 +11,13 @@ and wrapped in its span tokens, e.g. ``<|text|> a seven <|/text|> <|image|> 64 p
 Only the layout knows the offsets. ``SpanConstraint`` (sampler ``spans``) keeps generation inside the
 grammar: within a part's span only that part's content and its end token may be drawn, a fixed-length
 part ends exactly when it is full, and between spans only a begin token or eos may follow.
+
+A part whose plugin lays its ids out in K streams (``Tokenizer.num_streams``, e.g. a codec's delay pattern) makes
+the layout one of K streams, read K ids a position: sequences start with ``bos`` and K − 1 pads (``start_ids``),
+pads after each span's end token fill its last position, and K − 1 pads after a multi-stream part's begin token fill
+the first, so every span starts a position and each stream of such a part stays in its place (K = 2)::
+
+    bos pad | <|label|> seven | <|/label|> pad | <|audio|> pad | the delayed codes, 2 a position | <|/audio|> pad | eos
 """
 
 from __future__ import annotations
@@ -123,6 +130,16 @@ class VocabLayout(Tokenizer):
         return {role: i for i, role in enumerate(SHARED_TOKENS)}
 
     @property
+    def num_streams(self) -> int:
+        """K when a part lays its ids out in K streams (every such part must have the same K), else 1."""
+        counts = {tokenizer.num_streams for tokenizer in self.parts.values()} - {1}
+        if len(counts) > 1:
+            raise ValueError(f"the layout's parts lay their ids out in {sorted(counts)} streams; a model reads one "
+                             f"number of ids a position, so give every multi-stream part the same number")
+        return counts.pop() if counts else 1
+
+
+    @property
     def null_id(self) -> int:
         """Stands in for a dropped condition (classifier-free guidance)."""
         return self.special_tokens["null"]
@@ -152,16 +169,28 @@ class VocabLayout(Tokenizer):
         for item in sample:
             if not isinstance(item, tuple) or len(item) != 2:
                 raise TypeError(f"each part of a mixed sample is a (part name, sample) pair, got {item!r:.60}")
-            ids += self.encode_part(*item)
+            ids += self.encode_part(*item, at=len(ids))
         return ids
 
-    def encode_part(self, name: str, sample: Any, *, close: bool = True) -> list[int]:
-        """One part in its span; ``close=False`` leaves the span open, for a prompt the model should continue."""
-        span = self.span(name)
-        local = span.tokenizer.encode(sample)
-        if span.length is not None and len(local) != span.length:
+    def encode_part(self, name: str, sample: Any, *, close: bool = True, at: int = 0) -> list[int]:
+        """One part in its span; ``close=False`` leaves the span open, for a prompt the model should continue. ``at``:
+        where the span begins after ``start_ids`` (a layout of K streams pads its spans to whole positions)."""
+        return self.span_of_ids(name, self.span(name).tokenizer.encode(sample), close=close, at=at)
+
+    def span_of_ids(self, name: str, local: Sequence[int], *, close: bool = True, at: int = 0) -> list[int]:
+        """Part ``name``'s own ids ``local`` in its span, in layout ids (see ``encode_part``)."""
+        span, K = self.span(name), self.num_streams
+        if close and span.length is not None and len(local) != span.length:
             raise ValueError(f"part {name!r} has fixed length {span.length} but its sample encodes to {len(local)} ids")
-        return [span.begin_id, *(span.offset + i for i in local), *([span.end_id] if close else [])]
+        first = [span.begin_id, *[self.pad_id] * ((-(at + 1)) % K if span.tokenizer.num_streams > 1 else 0)]
+        ids = [*first, *(span.offset + i for i in local), *([span.end_id] if close else [])]
+        return ids + [self.pad_id] * ((-(at + len(ids))) % K if close else 0)
+
+    def prompt_for(self, name: str, given: Sequence[Part | tuple[str, Any]] = ()) -> list[int]:
+        """The prompt asking for a part ``name`` after the parts ``given``: ``start_ids``, ``given`` in their spans,
+        then ``name``'s span opened (its begin token, and a layout of K streams' pads)."""
+        before = self.encode(given)
+        return self.start_ids + before + self.span_of_ids(name, [], close=False, at=len(before))
 
     def encode_prompt(self, prompt: str) -> list[int]:
         """A string prompt as a closed span of ``prompt_part``; ``""`` → no ids."""
@@ -203,14 +232,16 @@ class VocabLayout(Tokenizer):
 
     def without_part(self, ids: Sequence[int], name: str) -> list[int]:
         """``ids`` with the first span of part ``name`` (begin … end) replaced by the null token: the
-        unconditional version of a sample for classifier-free guidance. ``ids`` without that span are returned as is."""
+        unconditional version of a sample for classifier-free guidance. ``ids`` without that span are returned as is.
+        In a layout of K streams pads follow the null token, so later ids keep their places mod K."""
         span = self.span(name)
         ids = list(ids)
         if span.begin_id not in ids:
             return ids
         start = ids.index(span.begin_id)
         end = ids.index(span.end_id, start) if span.end_id in ids[start:] else len(ids) - 1
-        return ids[:start] + [self.null_id] + ids[end + 1:]
+        pads = (end - start) % self.num_streams  # the span held end - start + 1 ids; the null token is one
+        return ids[:start] + [self.null_id] + [self.pad_id] * pads + ids[end + 1:]
 
     def fit(self, samples: Iterable[Sequence[Part | tuple[str, Any]]]) -> None:
         """Fit every part whose tokenizer learns a vocabulary on that part's samples; offsets are recomputed."""
@@ -293,7 +324,7 @@ class VocabLayout(Tokenizer):
         one part's plugin (``seven.wav`` for an audio part), only that part of each sample is written, by its plugin,
         as that plugin names files."""
         suffix = Path(path).suffix if format is None else format
-        part = self._part_written_as(suffix)
+        part = self.part_written_as(suffix)
         if part is None and format not in (None, self.file_suffix):
             raise ValueError(f"a mixed layout writes a {self.file_suffix} manifest, or one part as its plugin's file "
                              f"suffix; {format!r} is neither")
@@ -317,7 +348,7 @@ class VocabLayout(Tokenizer):
         manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return [manifest, *written]
 
-    def _part_written_as(self, suffix: str) -> str | None:
+    def part_written_as(self, suffix: str) -> str | None:
         """The one non-text part whose plugin writes files ending in ``suffix``, if exactly one does."""
         parts = [name for name, tokenizer in self.parts.items()
                  if tokenizer.file_suffix == suffix and suffix != self.file_suffix and not tokenizer.decodes_text]
@@ -335,7 +366,8 @@ class VocabLayout(Tokenizer):
     # --- decoding inside the grammar ----------------------------------------------------------------------
     def span_state(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Where each row of ``tokens [B, T]`` (left-padded with -1) stands → ``(part [B], count [B])``:
-        the index of the open span's part (-1 between spans) and how many tokens it already holds."""
+        the index of the open span's part (-1 between spans) and how many tokens it already holds; in a layout of K
+        streams, -1 while pads are owed (``allowed`` then allows the pad alone)."""
         tables = self._device_tables(tokens.device)
         B, T = tokens.shape
         if T == 0:
@@ -348,7 +380,12 @@ class VocabLayout(Tokenizer):
         last_end = torch.where(is_end, position, -1).amax(1)  # (B,)
         inside = last_begin > last_end
         part = begin_part.gather(1, last_begin.clamp(min=0)[:, None])[:, 0]
-        return torch.where(inside, part, -1), torch.where(inside, T - 1 - last_begin, 0)
+        count, between = T - 1 - last_begin, torch.zeros_like(last_begin)
+        if self.num_streams > 1:  # the context is whole positions (left padding included): T is the next id's index
+            K = self.num_streams  # a multi-stream part's content starts a position, and so does every span
+            count = count - tables["streams"][part.clamp(min=0)] * ((-last_begin - 1) % K)  # < 0: pads owed
+            between -= int(T % K != 0)
+        return torch.where(inside, part, -1), torch.where(inside, count, between)
 
     def allowed(self, tokens: Tensor, vocab_size: int | None = None) -> Tensor:
         """Which next ids the grammar allows after each row of ``tokens [B, T]`` → bool ``[B, vocab_size]``
@@ -356,15 +393,17 @@ class VocabLayout(Tokenizer):
         return self.allowed_in(*self.span_state(tokens), vocab_size)
 
     def allowed_in(self, part: Tensor, count: Tensor, vocab_size: int | None = None) -> Tensor:
-        """``allowed`` from a ``span_state`` already worked out: ``part [B]``, ``count [B]``."""
+        """``allowed`` from a ``span_state`` already worked out: ``part [B]``, ``count [B]`` (negative: alignment pads
+        are owed)."""
         tables = self._device_tables(part.device)
         row = torch.where(part >= 0, part, len(self.spans))  # the last table row is "between spans"
         length = tables["length"][row]
         fixed = length >= 0
-        content = tables["content"][row, count % tables["period"][row]]  # (B, V): the content ids of this position
+        content = tables["content"][row, count.clamp(min=0) % tables["period"][row]]  # (B, V): this position's ids
         allowed = content | tables["close"][row]
         allowed = torch.where((fixed & (count < length))[:, None], content, allowed)
         allowed = torch.where((fixed & (count >= length))[:, None], tables["close"][row], allowed)
+        allowed = torch.where((count < 0)[:, None], tables["pad"], allowed)
         extra = (vocab_size or self.vocab_size) - self.vocab_size
         if extra < 0:
             raise ValueError(f"the model's vocab_size {vocab_size} is smaller than the layout's {self.vocab_size}")
@@ -391,8 +430,11 @@ class VocabLayout(Tokenizer):
                 close[P, span.begin_id] = True
                 length[index] = -1 if span.length is None else span.length
             close[P, self.eos_id] = True  # between spans: open a span, or end the sequence
+            streams = torch.tensor([int(span.tokenizer.num_streams > 1) for span in self.spans.values()])
+            pad = torch.zeros(V, dtype=torch.bool)
+            pad[self.pad_id] = True
             tables = {"begin_part": begin_part, "is_end": is_end, "content": content, "close": close,
-                      "period": period, "length": length}
+                      "period": period, "length": length, "streams": streams, "pad": pad}
             self._tables[device] = {key: value.to(device) for key, value in tables.items()}
         return self._tables[device]
 

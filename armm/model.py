@@ -159,6 +159,10 @@ class Transformer(nn.Module):
 
     Without a cache, ``forward`` is a full causal pass. With one (``new_caches``), ``forward(idx, cache=c,
     start=s)`` processes tokens at cache slots ``s .. s+T-1`` and attends to everything cached before them.
+
+    With ``config.num_streams`` K > 1, a position holds K ids: ``idx [B, T·K]`` is read as ``[B, T, K]``, and the
+    logits ``[B, T·K, V]`` at id ``t·K + k`` predict id ``(t+1)·K + k``, stream k of the next position. Cache slots,
+    ``start``, ``pad``, ``max_seq_len`` and ``logits_to_keep`` count positions.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -168,7 +172,7 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.position == "learned" else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.num_streams * config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.position == "rope":
@@ -211,13 +215,14 @@ class Transformer(nn.Module):
     # --- forward -------------------------------------------------------------------------------
     def forward(self, idx: Tensor, *, cache: list[KVCache] | None = None, start: int = 0, pad: Tensor | None = None,
                 logits_to_keep: int = 0) -> Tensor:
-        """Logits ``[B, T, V]`` for tokens ``idx [B, T]`` at slots ``start ..``; ``pad [B]`` = left-padding per row.
+        """Logits ``[B, T, V]`` for tokens ``idx [B, T]`` at slots ``start ..``; ``pad [B]`` = left-padding per row
+        (with K streams: ``idx [B, T·K]`` → ``[B, T·K, V]``, T positions).
 
         ``cache`` (from ``new_caches``) receives the keys and values of slots ``start .. start+T-1`` and supplies
         the earlier ones. ``logits_to_keep=n`` computes the logits of the last ``n`` positions only (``[B, n, V]``;
         0 = all), as a prefill needs: the output layer is the largest matrix of a small model."""
         check_forward_args(self.config, idx, cache, start, pad, logits_to_keep, self.tok_emb.weight)
-        B, T = idx.shape
+        B, T = idx.size(0), idx.size(1) // self.config.num_streams  # T positions
         slots = torch.arange(start, start + T, device=idx.device)  # (T,)
         positions = (slots[None] - pad[:, None]).clamp(min=0) if pad is not None else slots[None]  # (B or 1, T)
         rolled = cache is not None and start + T > cache[0].max_len  # a rolling cache past its length (checked)
@@ -232,7 +237,8 @@ class Transformer(nn.Module):
         return self._layers(idx, positions, rope, mask, is_causal, start, cache, logits_to_keep)
 
     def decode_step(self, idx: Tensor, slot: Tensor, pad: Tensor | None, cache: list[KVCache]) -> Tensor:
-        """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot`` (a 0-dim long tensor).
+        """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot`` (a 0-dim long tensor);
+        with K streams, of one position per row: ``idx [B, K]`` → ``[B, K, V]``.
 
         The static-shape twin of ``forward(idx, cache=cache, start=slot, pad=pad)``, for graph capture: no Python
         number changes from step to step, the cache is written with ``index_copy_`` and attention covers all its
@@ -240,7 +246,7 @@ class Transformer(nn.Module):
         positions = (slot - pad).clamp(min=0)[:, None] if pad is not None else slot.view(1, 1)  # (B or 1, 1)
         mask = cache_attention_mask(slot, cache[0].max_len, pad, slot.device)
         rope = self.rope_at(positions, computed=cache[0].rolling)  # a rolling cache's positions pass the tables
-        return self._layers(idx, positions, rope, mask, False, slot, cache, 1)[:, -1]
+        return last_position(self._layers(idx, positions, rope, mask, False, slot, cache, 1))
 
     def rope_at(self, positions: Tensor, computed: bool) -> tuple[Tensor, Tensor] | None:
         """RoPE's cos and sin ``[B or 1, T, head_dim]`` at ``positions`` (None with learned positions): read from the
@@ -259,7 +265,7 @@ class Transformer(nn.Module):
                 is_causal: bool, start: int | Tensor, cache: list[KVCache] | None, logits_to_keep: int) -> Tensor:
         """Embeddings, the blocks, the final norm and the output layer (for the last ``logits_to_keep`` positions,
         0 = all)."""
-        x = self.tok_emb(idx)  # (B, T, d)
+        x = self.embed(idx)  # (B, T, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
         x = F.dropout(x, self.config.dropout, self.training)
@@ -267,7 +273,20 @@ class Transformer(nn.Module):
             x = block(x, rope, mask, is_causal, start, cache[i] if cache is not None else None)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]  # (B, n, d)
-        return self.lm_head(self.norm_f(x))
+        logits = self.lm_head(self.norm_f(x))  # (B, n, K·V)
+        return logits.view(logits.size(0), -1, self.config.vocab_size)  # (B, n·K, V)
+
+    def embed(self, idx: Tensor) -> Tensor:
+        """Ids ``[B, T·K]`` → ``[B, T, d]``: each position's K token embeddings summed (K = ``num_streams``)."""
+        K = self.config.num_streams
+        if K == 1:
+            return self.tok_emb(idx)
+        return self.tok_emb(idx.view(idx.size(0), -1, K)).sum(2)  # (B, T, K, d) → (B, T, d)
+
+
+def last_position(logits: Tensor) -> Tensor:
+    """The logits of one position per row, ``[B, K, V]`` from a forward that kept one: ``[B, V]`` when K = 1."""
+    return logits[:, -1] if logits.size(1) == 1 else logits
 
 
 def check_forward_args(config: ModelConfig, idx: Tensor, cache: list[KVCache] | None, start: int, pad: Tensor | None,
@@ -276,6 +295,9 @@ def check_forward_args(config: ModelConfig, idx: Tensor, cache: list[KVCache] | 
     if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.dtype.is_floating_point or idx.dtype.is_complex:
         got = f"{idx.dtype} of shape {tuple(idx.shape)}" if isinstance(idx, Tensor) else type(idx).__name__
         raise ValueError(f"idx must be an integer tensor of token ids [batch, tokens], got {got}")
+    if idx.size(1) % config.num_streams:
+        raise ValueError(f"a model of num_streams={config.num_streams} reads {config.num_streams} ids a position, but "
+                         f"idx has {idx.size(1)} ids a row; give a multiple of {config.num_streams}")
     if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
         raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
@@ -289,7 +311,7 @@ def check_forward_args(config: ModelConfig, idx: Tensor, cache: list[KVCache] | 
                          f"{weight.dtype} on {weight.device} (the model was converted after the cache was made); "
                          f"start a new generation")
     if pad is not None:
-        check_pad(pad, idx.size(0), start + idx.size(1))
+        check_pad(pad, idx.size(0), start + idx.size(1) // config.num_streams)
 
 
 def check_pad(pad: Tensor, batch_size: int, end: int) -> None:

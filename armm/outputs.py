@@ -19,7 +19,7 @@ def writable_suffixes(tok: Tokenizer) -> list[str]:
     suffixes = list(tok.file_suffixes)
     if isinstance(tok, VocabLayout):
         parts = {part.file_suffix for part in tok.parts.values()}
-        suffixes += sorted(suffix for suffix in parts if tok._part_written_as(suffix) is not None)
+        suffixes += sorted(suffix for suffix in parts if tok.part_written_as(suffix) is not None)
     return suffixes
 
 

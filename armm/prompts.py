@@ -11,16 +11,16 @@ from armm.tokenizer import Tokenizer
 
 
 def prompt_ids(tokenizer: Tokenizer, sample: Any, units: int | None = None) -> list[int]:
-    """bos, then ``sample``'s ids left open, so generation continues the sample instead of starting another: its
+    """``start_ids`` (bos), then ``sample``'s ids left open, so generation continues the sample instead of starting another: its
     ``encode`` ids (no eos), or with ``units`` those of its first ``units`` units (``first_unit_ids``). A mixed
     layout's sample is a list of ``(part, sample)`` pairs; its last part's span is left open and ``units`` counts
     that part's units."""
     if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units < 1):
         raise ValueError(f"units must be an integer >= 1 (how much of the sample to keep), got {units!r}")
-    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    start = tokenizer.start_ids
     if isinstance(tokenizer, VocabLayout):
-        return bos + _open_last_part(tokenizer, sample, units)
-    return bos + first_unit_ids(tokenizer, sample, units)
+        return start + _open_last_part(tokenizer, sample, units)
+    return start + first_unit_ids(tokenizer, sample, units)
 
 
 def first_unit_ids(tokenizer: Tokenizer, sample: Any, units: int | None) -> list[int]:
@@ -34,6 +34,6 @@ def _open_last_part(layout: VocabLayout, sample: Sequence[Any], units: int | Non
         raise ValueError("a mixed prompt is a non-empty list of (part name, sample) pairs; a string prompt goes "
                          "through encode_prompt")
     name, last = sample[-1]
-    span = layout.span(name)
-    return layout.encode(sample[:-1]) + [span.begin_id, *(span.offset + i for i in
-                                                          first_unit_ids(span.tokenizer, last, units))]
+    before = layout.encode(sample[:-1])
+    return before + layout.span_of_ids(name, first_unit_ids(layout.span(name).tokenizer, last, units), close=False,
+                                       at=len(before))

@@ -51,7 +51,9 @@ def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None
     ``max_seq_len`` inputs fill the context) is scored with a sliding window: the first window holds ``window``
     tokens, and each next one moves by ``stride`` (default ``window // 2``), so every later token is predicted from
     at least ``window - 1 - stride`` tokens before it. ``backend`` runs the forwards as in ``generate``
-    (``armm.backends``: short windows may go native).
+    (``armm.backends``: short windows may go native). A model of K streams (``ModelConfig.num_streams``) reads
+    ``ids`` K at a time: the first position (``Tokenizer.start_ids``) is the condition, each later id is predicted
+    from the positions before its own, and the whole sequence must fit the context (no sliding window).
     Raises ValueError for fewer than 2 tokens, an id outside the vocabulary, or a bad stride or window.
     """
     config = model.config
@@ -74,6 +76,8 @@ def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None
         )
     check_backend(backend)
     ids = ids.to(model.tok_emb.weight.device)
+    if config.num_streams > 1:
+        return _score_streams(model, ids, backend)
     pieces, scored = [], 1  # ids[0] is only a condition
     while scored < n:
         end = min(n, context if scored == 1 else scored + stride)
@@ -84,6 +88,21 @@ def score(model: Transformer, ids: Sequence[int] | Tensor, *, stride: int | None
         pieces.append(logprobs[-(end - scored):])  # only the tokens this window scores first
         scored = end
     token_logprobs = torch.cat(pieces).cpu()
+    return Score(token_logprobs=token_logprobs, log_likelihood=float(token_logprobs.double().sum()))
+
+
+def _score_streams(model: Transformer, ids: Tensor, backend: str) -> Score:
+    """``score`` for a model of K streams: every id after the first position, from one forward."""
+    K, n = model.config.num_streams, ids.numel()
+    positions = -(-n // K)  # the last may be partial: its missing ids are never inputs
+    if n <= K or positions - 1 > model.config.max_seq_len:
+        raise ValueError(f"a model of {K} streams scores ids after its first position, in one window of at most "
+                         f"max_seq_len + 1 = {model.config.max_seq_len + 1} positions ({K} ids each); got {n} ids")
+    inputs = ids[:(positions - 1) * K]  # (P-1)·K ids predict ids K .. P·K
+    with decoding(model, 1, positions - 1, backend) as decoder:
+        logits = decoder.forward(inputs[None], 0)[0].float()  # ((P-1)·K, V)
+    targets = ids[K:]
+    token_logprobs = logits[:len(targets)].log_softmax(-1).gather(-1, targets[:, None])[:, 0].cpu()
     return Score(token_logprobs=token_logprobs, log_likelihood=float(token_logprobs.double().sum()))
 
 

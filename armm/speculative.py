@@ -95,6 +95,8 @@ def speculative_generate(
     ``draft`` must share the target's vocabulary (the same tokenizer) and device. Its architecture, size and dtype are free, and its context must fit the
     prompts too.
     """
+    for model in (target, draft):
+        model.config.check_one_stream("speculative decoding")
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(
             f"draft vocab_size ({draft.config.vocab_size}) differs from the target's ({target.config.vocab_size}); "

@@ -101,6 +101,22 @@ class Tokenizer(ABC):
     def pad_id(self) -> int | None:
         return self.special_tokens.get("pad")
 
+    @property
+    def num_streams(self) -> int:
+        """Ids a model position reads (``ModelConfig.num_streams``): 1 for a plain sequence; K for a layout of K
+        parallel streams, such as MusicGen's delay pattern over K codebooks, whose ids come K at a time (position s
+        holds ids ``s·K .. s·K + K - 1``). Such a tokenizer must keep each stream's ids at their place mod K;
+        sequences start with ``start_ids``, one whole position."""
+        return 1
+
+    @property
+    def start_ids(self) -> list[int]:
+        """What every sequence (document, prompt) starts with: bos, then ``num_streams - 1`` pads, so that the
+        sample's ids begin a position; none without a bos."""
+        if self.bos_id is None:
+            return []
+        return [self.bos_id] + [self.pad_id] * (self.num_streams - 1)
+
     @abstractmethod
     def encode(self, sample: Any) -> list[int]:
         """One sample (text, array, …) → token ids, without bos/eos."""
@@ -161,10 +177,11 @@ class Tokenizer(ABC):
         return None
 
     @property
-    def content_cycle(self) -> list[range] | None:
+    def content_cycle(self) -> list[Sequence[int]] | None:
         """Which ids may stand at each position of a sample, in turn, when the positions cycle through groups: content
         position i holds an id of ``content_cycle[i % len(content_cycle)]`` (an audio codec's K codebooks, frame by
-        frame). A mixed layout keeps sampling inside the cycle; None (default): any content id anywhere."""
+        frame; a delay pattern's whole clip). A mixed layout keeps sampling inside the cycle; None (default): any
+        content id anywhere."""
         return None
 
     @property
@@ -173,11 +190,10 @@ class Tokenizer(ABC):
         return False
 
     def encode_document(self, sample: Any) -> list[int]:
-        """A training document: bos, the sample's ids, eos. Plugins may add training-time transforms
+        """A training document: ``start_ids`` (bos), the sample's ids, eos. Plugins may add training-time transforms
         (fill-in-the-middle, a class token before an image)."""
-        bos = [self.bos_id] if self.bos_id is not None else []
         eos = [self.eos_id] if self.eos_id is not None else []
-        return bos + self.encode(sample) + eos
+        return self.start_ids + self.encode(sample) + eos
 
     def encode_batch(self, samples: Sequence[Any]) -> list[list[int]]:
         """``encode`` of many samples (no bos/eos); plugins whose backend encodes batches faster override it."""

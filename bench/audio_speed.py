@@ -1,6 +1,7 @@
 """Seconds to generate 1 s of audio on this CPU: codec tokens against mu-law samples.
 
-Run as ``python bench/audio_speed.py MODEL_DIR`` on a model trained with ``recipes/speech_digits.yaml``.
+Run as ``python bench/audio_speed.py MODEL_DIR [MODEL_DIR …]`` on models trained with ``recipes/speech_digits.yaml``
+(flattened codec ids) or ``recipes/speech_digits_delay.yaml`` (the delay pattern, 2 ids a position).
 
 - Codec: that model continues ``bos <|label|> seven <|/label|> <|audio|>`` by the clip's audio ids (50 frames of K
   codebook ids) and ``<|/audio|>``, sampling inside the layout's grammar; the layout then decodes the ids to a
@@ -59,18 +60,19 @@ class Side:
 
 
 def codec_side(model_dir: Path, word: str, batch: int, sampler: str) -> Side:
-    """The speech_digits model drawing ``batch`` clips of ``word``."""
+    """A speech_digits model drawing ``batch`` clips of ``word``."""
     model, layout = armm.load_model(model_dir)
     if not isinstance(layout, VocabLayout):
         raise SystemExit(f"error: {model_dir} has tokenizer {getattr(layout, 'name', None)!r}, not a mixed layout")
     audio = modality_part(layout, "audio", "bench/audio_speed.py")
     span = layout.span(audio)
-    prompt = [layout.bos_id, *layout.encode_part(layout.prompt_part, word), span.begin_id]
+    prompt = layout.prompt_for(audio, [(layout.prompt_part, word)])
 
     def to_waveform(prompt: list[int], ids: list[int]) -> torch.Tensor:
         return next(part.sample for part in layout.decode(prompt + ids) if part.name == audio)
 
-    return Side(f"codec ({span.tokenizer.name}), batch {batch}", model, [prompt] * batch, span.length + 1,
+    pattern = getattr(span.tokenizer, "pattern", "flattened")
+    return Side(f"codec ({span.tokenizer.name}, {pattern}), batch {batch}", model, [prompt] * batch, span.length + 1,
                 [span.end_id], sampler_for(layout, sampler), to_waveform)
 
 
@@ -97,7 +99,8 @@ def describe(side: Side, waveforms: list[torch.Tensor]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_dir", type=Path, help="a model directory trained with recipes/speech_digits.yaml")
+    parser.add_argument("model_dirs", type=Path, nargs="+", metavar="MODEL_DIR",
+                        help="model directories trained with recipes/speech_digits.yaml or speech_digits_delay.yaml")
     parser.add_argument("--word", default="seven", help="the label the codec model is prompted with")
     parser.add_argument("--sampler", default="temperature=1.0")
     parser.add_argument("--batch", type=int, default=10, help="clips of the codec's batched row (0 skips it)")
@@ -108,9 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    sides = [mulaw_side(args.sampler, args.seed), codec_side(args.model_dir, args.word, 1, args.sampler)]
-    if args.batch > 1:
-        sides.append(codec_side(args.model_dir, args.word, args.batch, args.sampler))
+    sides = [mulaw_side(args.sampler, args.seed)]
+    for model_dir in args.model_dirs:
+        sides.append(codec_side(model_dir, args.word, 1, args.sampler))
+        if args.batch > 1:
+            sides.append(codec_side(model_dir, args.word, args.batch, args.sampler))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{cpu_summary()}\ntorch {torch.__version__}, {torch.get_num_threads()} threads, 1-min load average "
           f"{load:.2f} on {os.cpu_count()} CPUs; sampler {args.sampler!r}, armm.generate backend 'auto'")
@@ -120,14 +125,15 @@ def main(argv: list[str] | None = None) -> None:
     for side, made in zip(sides, waveforms):
         print(describe(side, made))
     print(f"median of {args.repeats} runs after a warm-up; times per clip of {SECONDS:g} s (a batch's time / its "
-          "clips); ms/token = generation time / new tokens\n")
+          "clips); ms/step = generation time / model steps (one a token, one a position of K ids for K streams)\n")
     totals = [(g + d) / len(side.prompts) for side, g, d in zip(sides, generation, decoding)]
     table = []
     for side, g, d, total in zip(sides, generation, decoding, totals):
-        clips = len(side.prompts)
-        table.append([side.name, str(side.new_tokens), f"{g / clips / side.new_tokens * 1e3:.3f}", f"{g / clips:.3f}",
+        clips, steps = len(side.prompts), -(-side.new_tokens // side.model.config.num_streams)
+        table.append([side.name, str(side.new_tokens), str(steps), f"{g / clips / steps * 1e3:.3f}", f"{g / clips:.3f}",
                       f"{d / clips:.4f}", f"{total:.3f}", f"{totals[0] / total:.1f}x"])
-    print_table(["model", "tokens for 1 s", "ms/token", "generation s", "decode s", "total s", "speed-up"], table)
+    print_table(["model", "tokens for 1 s", "model steps", "ms/step", "generation s", "decode s", "total s", "speed-up"],
+                table)
 
 
 if __name__ == "__main__":

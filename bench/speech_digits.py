@@ -1,9 +1,9 @@
 """Evidence for spoken digits through a learned codec: does a model asked for "seven" say something a classifier of
 real spoken digits hears as seven, and how does classifier-free guidance change that?
 
-Run as ``python bench/speech_digits.py MODEL_DIR`` on a model trained with ``recipes/speech_digits.yaml`` (a mixed
-layout: a ``classes`` label part named "zero" .. "nine" as the prompt part, then an ``audio-codec`` part; condition
-dropout in training):
+Run as ``python bench/speech_digits.py MODEL_DIR`` on a model trained with ``recipes/speech_digits.yaml`` or
+``recipes/speech_digits_delay.yaml`` (a mixed layout: a ``classes`` label part named "zero" .. "nine" as the prompt
+part, then an ``audio-codec`` part, flattened or in the delay pattern; condition dropout in training):
 
 1. A classifier (log-mel spectrogram of the fixed-length clip in dB below its loudest bin, flattened, then scikit-learn's
    logistic regression) learns the real training clips of ``espeak-digits`` at the audio part's rate and clip length.
@@ -11,8 +11,9 @@ dropout in training):
    at 20 dB SNR, as a codec's artefacts might be), says how far to trust it;
    its accuracy on those clips passed through the model's codec (encode → decode) is the ceiling for generated clips.
 2. For every digit and every guidance scale, the model draws ``--samples-per-class`` clips from
-   ``bos <|label|> WORD <|/label|> <|audio|>``, keeping to the layout's grammar (the audio span is a fixed number of
-   ids in codebook order), as ``armm sample MODEL --prompt WORD --guidance SCALE`` does. Scale "none" is plain
+   ``bos <|label|> WORD <|/label|> <|audio|>`` (with the pads of a layout of K streams), keeping to the layout's
+   grammar (the audio span is a fixed number of ids in codebook order), as ``armm sample MODEL --prompt WORD
+   --guidance SCALE`` does. Scale "none" is plain
    conditional sampling (no unconditional rows at all).
 3. It prints a Markdown table: per scale, the fraction of clips the classifier assigns to the requested digit (chance
    10%), per digit and overall, and the sampling time. ``--plots`` writes waveforms and log-mel spectrograms of real
@@ -127,7 +128,7 @@ def sample_digits(model: armm.Transformer, layout: VocabLayout, samples_per_clas
     span, tokenizer = layout.span(audio), layout.parts[audio]
     clips, complete = [], []
     for digit, word in enumerate(DIGITS):
-        prompt = [layout.bos_id, *layout.encode_part(layout.prompt_part, word), span.begin_id]
+        prompt = layout.prompt_for(audio, [(layout.prompt_part, word)])
         prompts = [prompt] * samples_per_class
         guidance = None if scale is None else layout.guidance(prompts, scale)
         seeds = [seed + digit * samples_per_class + i for i in range(samples_per_class)]

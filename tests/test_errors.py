@@ -364,6 +364,24 @@ def tiny_model(vocab_size: int = 259) -> armm.Transformer:
     return armm.Transformer(armm.ModelConfig.from_name("gpt2-tiny", vocab_size=vocab_size)).eval()
 
 
+def two_stream_model() -> armm.Transformer:
+    """gpt2-tiny reading 2 ids a position (``num_streams``, as the delay pattern's codebooks)."""
+    return armm.Transformer(armm.ModelConfig.from_name("gpt2-tiny", vocab_size=259, num_streams=2,
+                                                       tie_embeddings=False)).eval()  # fmt: skip
+
+
+def _prepare_streams(tmp: Path, layout: str, seq_len: int) -> None:
+    """Prepare a split of the delay-pattern codec's clips with ``layout`` and ``seq_len``."""
+    from armm.training.prepare import Source, prepare_splits
+    from armm_audio import CodecTokenizer
+
+    codec = CodecTokenizer(clip_seconds=0.1, hop=80, num_codebooks=2, codebook_size=4, channels=8, layers=1,
+                           pattern="delay")  # fmt: skip
+    codec.fitted = True
+    prepare_splits(codec, Source.of_samples("clips", [torch.zeros(800)] * 4), tmp, layout=layout, seq_len=seq_len,
+                   val_fraction=0.25, seed=0)  # fmt: skip
+
+
 def sandbox_escape(tmp: Path) -> None:
     template = tmp / "escape.jinja"
     template.write_text("{{ cycler.__init__.__globals__.os.system('true') }}")
@@ -436,6 +454,22 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
                                                 seed=[1, 2]), ValueError, "seed must be one int or one per prompt (1)"),
     "guidance-scale": (lambda tmp: Guidance(scale=-1, unconditional=[[1]]), ValueError,
                        "guidance scale must be a number >= 0"),
+    "streams-prompt-partial-position": (lambda tmp: armm.generate(two_stream_model(), [[1, 2, 3]], max_new_tokens=1),
+                                        ValueError, "prompt 0 has 3 ids, but the model reads 2 ids a position"),
+    "streams-one-stream-feature": (lambda tmp: armm.speculative_generate(two_stream_model(), two_stream_model(),
+                                                                         [[1, 2]], max_new_tokens=1),
+                                   ValueError, "speculative decoding reads one id a position, but this model reads "
+                                   "num_streams=2"),
+    "streams-native-backend": (lambda tmp: armm.generate(two_stream_model(), [[1, 2]], max_new_tokens=1,
+                                                         backend="native"),
+                               ValueError, "backend 'native' decodes one id a position"),
+    "streams-tied-embeddings": (lambda tmp: armm.ModelConfig(num_streams=2), ValueError,
+                                "ModelConfig.tie_embeddings needs one output per position, but num_streams=2"),
+    "streams-packed-layout": (lambda tmp: _prepare_streams(tmp, "packed", 64), ValueError,
+                              "tokenizer 'audio-codec' lays its ids out in 2 streams, whose windows must start at "
+                              "whole positions; set data.layout: samples"),
+    "streams-seq-len": (lambda tmp: _prepare_streams(tmp, "samples", 63), ValueError,
+                        "data.seq_len=63 must be a multiple of the tokenizer's 2 streams"),
     "decode-id-outside-vocabulary": (lambda tmp: armm.ByteTokenizer().decode([1, 300]), ValueError,
                                      "token id 300 at position 1 is outside the vocabulary of tokenizer 'bytes'"),
     "decode-id-not-integer": (lambda tmp: armm.ByteTokenizer().decode([1.5]), ValueError,

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from armm.backends.twin import Format, twin
 from armm.kv_cache import KVCache
-from armm.model import Transformer
+from armm.model import Transformer, last_position
 
 
 class Decoder:
@@ -44,8 +44,9 @@ class Decoder:
         """Give back what the decoder holds beyond its cache (``decoding`` calls it at the end of a call)."""
 
     def step(self, idx: Tensor, slot: int, pad: Tensor | None = None) -> Tensor:
-        """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot``."""
-        return self.forward(idx, slot, pad, logits_to_keep=1)[:, -1]
+        """Logits ``[B, V]`` of one token per row, ``idx [B, 1]``, at cache slot ``slot`` (K streams: ``idx [B, K]``
+        → ``[B, K, V]``)."""
+        return last_position(self.forward(idx, slot, pad, logits_to_keep=1))
 
 
 def check_sizes(model: Transformer, batch_size: int, max_len: int) -> None:

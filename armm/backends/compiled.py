@@ -37,7 +37,7 @@ class CompiledStep:
         self.dtype, self.device = weight.dtype, weight.device
         self.cache = model.new_caches(batch_size, model.config.max_seq_len)
         # The step's inputs live in buffers of their own: the same tensors, shapes and strides at every call.
-        self.tokens = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+        self.tokens = torch.zeros(batch_size, model.config.num_streams, dtype=torch.long, device=self.device)
         self.slot = torch.zeros((), dtype=torch.long, device=self.device)
         for tensor in (self.tokens, self.slot, *(t for c in self.cache for t in (c.k, c.v))):
             torch._dynamo.mark_static_address(tensor)  # CUDA graphs read and write them in place, never copy them
@@ -51,7 +51,7 @@ class CompiledStep:
         return (weight.dtype, weight.device) == (self.dtype, self.device)
 
     def __call__(self, model: Transformer, idx: Tensor, slot: int, pad: Tensor | None) -> Tensor:
-        """Logits ``[B, V]`` for tokens ``idx [B, 1]`` at cache slot ``slot``."""
+        """Logits ``[B, V]`` for tokens ``idx [B, 1]`` at cache slot ``slot`` (K streams: ``[B, K]`` → ``[B, K, V]``)."""
         self.tokens.copy_(idx)
         self.slot.fill_(slot)  # a kernel on the GPU, not a host-to-device copy that would wait for the queue
         torch.compiler.cudagraph_mark_step_begin()

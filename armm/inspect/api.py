@@ -126,7 +126,7 @@ def token_labels(tokenizer: Tokenizer | None, ids: Sequence[int]) -> list[str]:
 
 def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     """bos, then the prompt as the plugin reads it (as ``armm sample`` does); an empty prompt is bos alone."""
-    ids = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode_prompt(prompt)
+    ids = tokenizer.start_ids + tokenizer.encode_prompt(prompt)
     if not ids:
         raise ValueError(f"tokenizer {tokenizer.name!r} has no bos token, so an empty prompt has no tokens; "
                          "pass a non-empty --prompt")
@@ -134,6 +134,7 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
 
 def _ids_tensor(model: Transformer, ids: Sequence[int] | Tensor) -> Tensor:
+    model.config.check_one_stream("armm inspect")
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if ids.numel() == 0:
         raise ValueError("no token ids to inspect; start the sequence with at least one token (e.g. bos)")

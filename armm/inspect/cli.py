@@ -210,7 +210,7 @@ def inspect_surprise(model_dir: Path, text: Path | None = None, plot: Path | Non
     _check_outputs(overwrite, plot=plot, html=html)
     model, tok = load_model_with_tokenizer(model_dir)
     sample = _read_sample(tok, text)
-    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(sample)
+    ids = tok.start_ids + tok.encode(sample)
     result = surprise(model, tok, ids, num_units=tok.num_units(sample), backend=backend)
     top = max_surprise_bits(result)
     line = Text()

@@ -171,7 +171,7 @@ def create_app(engine: Engine, model_name: str, chat_template: ChatTemplate, *, 
                 raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0 .. {tokenizer.vocab_size - 1})",
                                "prompt")
             return prompt
-        ids = ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode_prompt(prompt)
+        ids = tokenizer.start_ids + tokenizer.encode_prompt(prompt)
         if not ids:
             raise APIError(400, "the prompt is empty and the tokenizer has no bos token to start from", "prompt")
         return ids

@@ -75,6 +75,7 @@ class LogprobSampler(Sampler):
 def prompt_logprobs(model: Transformer, ids: Sequence[int], k: int, backend: str = "auto") -> list[TokenLogprob]:
     """Each token of a prompt that fits the model's context, given the tokens before it (the first: None), with the
     ``k`` most likely ids there, from one teacher-forced forward: ``armm.score(model, ids)``'s figures."""
+    model.config.check_one_stream("prompt logprobs")
     first = TokenLogprob(ids[0], None)
     if len(ids) == 1:
         return [first]

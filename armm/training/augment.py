@@ -44,7 +44,8 @@ class ConditionDropout:
         if rng.random() >= self.p:
             return row
         pad = self.layout.pad_id
-        ids = self.layout.without_part([t for t in row.tolist() if t != pad], self.part)  # pads only trail
+        kept = np.flatnonzero(row != pad)
+        ids = self.layout.without_part(row[:kept[-1] + 1 if kept.size else 0].tolist(), self.part)  # trailing pads cut
         dropped = np.full_like(row, pad)
         dropped[:len(ids)] = ids
         return dropped

@@ -91,8 +91,8 @@ class WriteSamples(L.Callback):
             return
         tok = trainer.datamodule.tokenizer
         model = module.merged_transformer()
-        prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode_prompt(self.prompt)
-        budget = min(self.max_new_tokens, model.config.max_seq_len - len(prompt))
+        prompt = tok.start_ids + tok.encode_prompt(self.prompt)
+        budget = min(self.max_new_tokens, model.config.max_seq_len * model.config.num_streams - len(prompt))
         new = generate(model, [prompt] * self.num_samples, max_new_tokens=budget, sampler=sampler_for(tok, self.sampler),
                        stop_tokens=[tok.eos_id] if tok.eos_id is not None else [],
                        seed=[self.seed + i for i in range(self.num_samples)])

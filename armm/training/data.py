@@ -90,10 +90,12 @@ class PackedWindows(Dataset):
 
 
 class PaddedSamples(Dataset):
-    """Rows of ``seq_len + 1`` tokens; positions whose target is the pad id are ignored by the loss."""
+    """Rows of ``seq_len + streams`` tokens; positions whose target is the pad id are ignored by the loss. With K
+    ``streams`` (``Tokenizer.num_streams``) a model position reads K ids and predicts the K of the next one, so the
+    targets are the ids K places on."""
 
-    def __init__(self, rows: np.ndarray, pad_id: int) -> None:
-        self.rows, self.pad_id = rows, pad_id
+    def __init__(self, rows: np.ndarray, pad_id: int, streams: int = 1) -> None:
+        self.rows, self.pad_id, self.streams = rows, pad_id, streams
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -102,14 +104,14 @@ class PaddedSamples(Dataset):
         return self.item(i, self.row(i))
 
     def row(self, i: int) -> np.ndarray:
-        """Sample ``i``'s ``seq_len + 1`` ids, padding included (a read-only view of the cache)."""
+        """Sample ``i``'s ``seq_len + streams`` ids, padding included (a read-only view of the cache)."""
         return self.rows[i]
 
     def item(self, i: int, row: np.ndarray) -> dict[str, torch.Tensor]:
         """Inputs and targets of ``row``, sample ``i``'s ids or a transform of them."""
-        row = torch.from_numpy(row.astype(np.int64))
-        targets = row[1:].masked_fill(row[1:] == self.pad_id, IGNORE_INDEX)
-        return {"input_ids": row[:-1].masked_fill(row[:-1] == self.pad_id, 0), "targets": targets}
+        row, K = torch.from_numpy(row.astype(np.int64)), self.streams
+        targets = row[K:].masked_fill(row[K:] == self.pad_id, IGNORE_INDEX)
+        return {"input_ids": row[:-K].masked_fill(row[:-K] == self.pad_id, 0), "targets": targets}
 
 
 class ResumableSampler(Sampler[int]):
@@ -402,7 +404,7 @@ class TokenDataModule(L.LightningDataModule):
     def _dataset(self, array: np.ndarray, stride: int, split: str) -> Dataset:
         if self.layout == "packed":
             return PackedWindows(array, self.seq_len, stride, self.scored[split])
-        return PaddedSamples(array, self.tokenizer.pad_id)
+        return PaddedSamples(array, self.tokenizer.pad_id, self.tokenizer.num_streams)
 
     def _save_chat(self, directory: Path, split: str, conversations: list[Messages], tokenizer: Tokenizer,
                    dtype: np.dtype) -> dict[str, int]:

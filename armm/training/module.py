@@ -36,6 +36,8 @@ class ARModule(L.LightningModule):
         overrides: ``ModelConfig`` fields that replace the preset's (e.g. ``{n_layer: 6, max_seq_len: 512}``). With
             ``init_from`` only ``dropout`` may differ from the pretrained config (other fields may repeat its values).
         vocab_size: Normally left unset: it is taken from the data module's tokenizer (or ``init_from``'s config).
+        num_streams: Normally left unset: the tokenizer's ``num_streams`` (K ids a position, as MusicGen's delay
+            pattern; such a model needs ``overrides: {tie_embeddings: false}``).
         init_from: Fine-tune a pretrained model: an armm model directory (an export such as
             ``runs/text/export/best``) or a Hugging Face GPT-2 / Llama / Mistral / Qwen2 folder. The network is built
             from its config and starts from its weights; the data are tokenised with its tokenizer (``armm fit``
@@ -62,6 +64,7 @@ class ARModule(L.LightningModule):
         preset: str = "gpt2-mini",
         overrides: dict[str, Any] | None = None,
         vocab_size: int | None = None,
+        num_streams: int | None = None,
         init_from: Path | None = None,
         lora: LoraOptions | None = None,
         optimizer: dict[str, Any] | None = None,
@@ -87,7 +90,7 @@ class ARModule(L.LightningModule):
         init_from, lora = (str(init_from) if init_from is not None else None), (asdict(options) if options else None)
         self.save_hyperparameters()
         self.lora = options
-        sizes = {"vocab_size": vocab_size} if vocab_size else {}
+        sizes = {key: value for key, value in (("vocab_size", vocab_size), ("num_streams", num_streams)) if value}
         if init_from is not None:
             self.net: Transformer | None = pretrained_network(Path(init_from), {**(overrides or {}), **sizes})
             self.config = self.net.config
@@ -105,13 +108,21 @@ class ARModule(L.LightningModule):
         if datamodule is not None:
             datamodule.setup("fit")
             self.units_per_token = datamodule.units_per_token
-            check_fits(self.config, datamodule.seq_len, pretrained=self.hparams.init_from is not None)
+            streams = datamodule.tokenizer.num_streams
+            check_fits(self.config, datamodule.seq_len // streams, pretrained=self.hparams.init_from is not None)
             self.check_tokenizer(datamodule)
         if self.net is None:
             if datamodule is None:
                 raise ValueError("the model's vocab_size is unknown: pass vocab_size, or train with a TokenDataModule")
-            self.hparams["vocab_size"] = datamodule.tokenizer.vocab_size  # so checkpoints rebuild the same network
-            self.config = ModelConfig.from_dict({**self.config.to_dict(), "vocab_size": self.hparams.vocab_size})
+            tokenizer = datamodule.tokenizer
+            if tokenizer.num_streams > 1 and self.config.tie_embeddings:
+                raise ValueError(f"tokenizer {tokenizer.name!r} lays its ids out in {tokenizer.num_streams} streams, "
+                                 f"which the model predicts with an output layer of its own: set "
+                                 f"model.overrides.tie_embeddings: false")
+            # kept in the hyper-parameters, so checkpoints rebuild the same network
+            sizes = {"vocab_size": tokenizer.vocab_size, "num_streams": tokenizer.num_streams}
+            self.hparams.update(sizes)
+            self.config = ModelConfig.from_dict({**self.config.to_dict(), **sizes})
             self.net = Transformer(self.config)
         if self.hparams.compile and not hasattr(self.net, "_orig_mod"):
             self.net = torch.compile(self.net)
@@ -126,6 +137,10 @@ class ARModule(L.LightningModule):
             raise ValueError(f"model.init_from is {init_from} but the data are tokenised by {source}; the ids must be "
                              f"those the pretrained model knows: set data.pretrained to {init_from} (armm fit links "
                              f"model.init_from to it)")
+        if self.net is not None and tokenizer.num_streams != self.config.num_streams:
+            raise ValueError(f"the data's tokenizer {tokenizer.name!r} lays its ids out in {tokenizer.num_streams} "
+                             f"stream(s) but the model reads {self.config.num_streams} ids a position; train with the "
+                             f"tokenizer the model was built for, or leave model.num_streams unset")
         if self.net is not None and tokenizer.vocab_size > self.config.vocab_size:
             raise ValueError(f"the data's tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model's "
                              f"vocab_size is {self.config.vocab_size}; train with the tokenizer the model was built "
@@ -243,6 +258,7 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def check_fits(config: ModelConfig, seq_len: int, pretrained: bool = False) -> None:
+    """``seq_len`` positions (ids / the tokenizer's streams) must fit the model's context."""
     if seq_len > config.max_seq_len:
         fix = "lower data.seq_len" + ("" if pretrained else f" or set model.overrides.max_seq_len >= {seq_len}")
         raise ValueError(f"data.seq_len={seq_len} is larger than the model's context "

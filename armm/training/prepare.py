@@ -139,7 +139,8 @@ class StreamWriter:
     def check_width(self, length: int) -> None:
         if self.width is not None and length > self.width:
             raise ValueError(
-                f"a sample is {length} tokens long (bos and eos included) but data.seq_len + 1 = {self.width}; "
+                f"a sample is {length} tokens long (bos and eos included) but a row holds {self.width} (data.seq_len "
+                f"and the last targets); "
                 f"raise data.seq_len (and the model's max_seq_len) or make the samples smaller"
             )
 
@@ -396,6 +397,19 @@ def listing(source: Source, encoded: Encoded, documents: np.ndarray, first_of_un
 
 
 # --- the whole preparation ---------------------------------------------------------------------------------------
+def check_streams(tokenizer: Tokenizer, layout: Layout, seq_len: int) -> int:
+    """The tokenizer's streams K (``Tokenizer.num_streams``): its samples come K ids a position, so the rows of a
+    samples layout hold whole positions, ``seq_len + K`` ids (the inputs and the next position's targets)."""
+    streams = tokenizer.num_streams
+    if streams > 1 and layout != "samples":
+        raise ValueError(f"tokenizer {tokenizer.name!r} lays its ids out in {streams} streams, whose windows must start "
+                         f"at whole positions; set data.layout: samples")
+    if seq_len % streams:
+        raise ValueError(f"data.seq_len={seq_len} must be a multiple of the tokenizer's {streams} streams (a model "
+                         f"position reads {streams} ids); set it to {seq_len + (-seq_len) % streams}")
+    return streams
+
+
 def prepare_splits(tokenizer: Tokenizer, data: Source, directory: Path, *, layout: Layout, seq_len: int,
                    val_fraction: float, seed: int, val: Source | None = None, test: Source | None = None,
                    workers: int | None = None) -> dict[str, Any]:
@@ -407,7 +421,8 @@ def prepare_splits(tokenizer: Tokenizer, data: Source, directory: Path, *, layou
     first; otherwise they are counted while encoding. A built-in dataset is encoded in split order (training
     documents, then validation ones, as its permutation lists them), so a stateful encoder (fill-in-the-middle draws)
     sees them in the order it always did; files are encoded in file order."""
-    width = seq_len + 1 if layout == "samples" else None
+    streams = check_streams(tokenizer, layout, seq_len)
+    width = seq_len + streams if layout == "samples" else None
     held_out = None  # (train, val) indices, when drawn before encoding
     if val is None and (data.samples is not None or tokenizer.needs_fit):
         count = int(count_documents(tokenizer, data).sum())
@@ -432,7 +447,7 @@ def prepare_splits(tokenizer: Tokenizer, data: Source, directory: Path, *, layou
         return encode_source(tokenizer, source, directory / f"{name}.ids", dtype, width, chosen)
 
     write = lambda encoded, order, name: write_documents(  # noqa: E731
-        encoded, order, directory / f"{name}.npy", layout, seq_len + 1, tokenizer.pad_id)
+        encoded, order, directory / f"{name}.npy", layout, seq_len + streams, tokenizer.pad_id)
     meta: dict[str, Any] = {}
     if data.samples is not None and held_out is not None:  # in split order: training, then validation
         order = np.concatenate(held_out)

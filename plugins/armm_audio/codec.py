@@ -1,4 +1,5 @@
-"""The ``audio-codec`` tokenizer: a learned neural codec's residual-VQ codes, K codebooks a frame, frame by frame."""
+"""The ``audio-codec`` tokenizer: a learned neural codec's residual-VQ codes, K codebooks a frame, frame by frame or
+in MusicGen's delay pattern."""
 
 from __future__ import annotations
 
@@ -18,13 +19,32 @@ from armm_audio.waveform import as_waveform
 
 CONFIG_FILE = "audio_codec.json"
 WEIGHTS_FILE = "audio_codec.safetensors"
+PATTERNS = ("flattened", "delay")
+
+
+def delay(codes: torch.Tensor, empty: int) -> torch.Tensor:
+    """Codes ``[K, F]`` → steps ``[F + K - 1, K]``: step s holds codebook k's code of frame s − k, ``empty`` where
+    that frame does not exist (MusicGen's delay pattern)."""
+    num_codebooks, frames = codes.shape
+    steps = torch.full((frames + num_codebooks - 1, num_codebooks), empty, dtype=codes.dtype)
+    for k in range(num_codebooks):
+        steps[k : k + frames, k] = codes[k]
+    return steps
+
+
+def undelay(steps: torch.Tensor, frames: int) -> torch.Tensor:
+    """Steps ``[frames + K - 1, K]`` → codes ``[K, frames]``, the inverse of ``delay``."""
+    return torch.stack([steps[k : k + frames, k] for k in range(steps.shape[1])])
 
 
 class CodecTokenizer(Tokenizer):
     """Audio as the codes of ``AudioCodec`` (a convolutional encoder of log-magnitude spectra, residual vector
     quantisation, a decoder of log magnitudes, Griffin-Lim phase), trained by ``fit`` on the training clips:
     ``sample_rate / hop`` frames a second, each frame ``num_codebooks`` ids, codebook k's code c being id
-    ``k · codebook_size + c``; then bos, eos, pad.
+    ``k · codebook_size + c``; then bos, eos, pad. In the ``"delay"`` pattern (MusicGen, Copet et al. 2023) a model
+    position reads K ids at once (``num_streams``): step s holds codebook k's code of frame s − k for every k, or the
+    content id EMPTY (``empty_id``, before bos) where that frame does not exist, so a clip of F frames is F + K − 1
+    steps of K ids, step by step.
 
     A sample is a 1-D float32 waveform in [-1, 1] at ``sample_rate``, as for ``audio-mulaw``. Lossy: ``decode``
     returns the decoder's reconstruction, ``hop`` samples a frame (a waveform is padded with silence to whole frames,
@@ -43,6 +63,8 @@ class CodecTokenizer(Tokenizer):
         ema_decay, dead_code_threshold: Codebook moving-average decay; codes used less than this restart.
         seed: Seeds the codec's initial weights.
         fit_steps: Optimizer steps ``fit`` trains for unless told otherwise.
+        pattern: ``"flattened"`` (frame by frame, one id a position) or ``"delay"`` (MusicGen's delay pattern, K
+            streams; needs ``clip_seconds``). Settings saved without it are flattened.
     """
 
     name = "audio-codec"
@@ -65,6 +87,7 @@ class CodecTokenizer(Tokenizer):
         dead_code_threshold: float = 0.5,
         seed: int = 0,
         fit_steps: int = 1000,
+        pattern: str = "flattened",
     ) -> None:
         for option, value in (("sample_rate", sample_rate), ("hop", hop), ("num_codebooks", num_codebooks),
                               ("codebook_size", codebook_size), ("code_dim", code_dim), ("channels", channels),
@@ -74,12 +97,17 @@ class CodecTokenizer(Tokenizer):
         if clip_seconds is not None and not clip_seconds * sample_rate >= hop:
             raise ValueError(f"clip_seconds must hold at least one frame of hop={hop} samples at {sample_rate} Hz, "
                              f"got {clip_seconds!r}")
+        if pattern not in PATTERNS:
+            raise ValueError(f"pattern must be 'flattened' or 'delay', got {pattern!r}")
+        if pattern == "delay" and clip_seconds is None:
+            raise ValueError("pattern='delay' needs a fixed clip length: set clip_seconds (e.g. 1.0)")
         self.config = {
             "sample_rate": sample_rate, "clip_seconds": clip_seconds, "hop": hop, "num_codebooks": num_codebooks,
             "codebook_size": codebook_size, "code_dim": code_dim, "channels": channels, "layers": layers,
             "ema_decay": ema_decay, "dead_code_threshold": dead_code_threshold, "seed": seed, "fit_steps": fit_steps,
+            "pattern": pattern,
         }  # fmt: skip
-        self.sample_rate, self.clip_seconds, self.hop = sample_rate, clip_seconds, hop
+        self.sample_rate, self.clip_seconds, self.hop, self.pattern = sample_rate, clip_seconds, hop, pattern
         self.num_codebooks, self.codebook_size = num_codebooks, codebook_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -94,12 +122,28 @@ class CodecTokenizer(Tokenizer):
         return self.num_codebooks * self.codebook_size
 
     @property
+    def empty_id(self) -> int | None:
+        """The delay pattern's EMPTY (``num_codes``), a content id where a codebook's frame does not exist; None when
+        flattened."""
+        return self.num_codes if self.pattern == "delay" else None
+
+    @property
+    def num_content(self) -> int:
+        """Content ids: the codes, and EMPTY in the delay pattern; bos, eos and pad follow."""
+        return self.num_codes + (self.empty_id is not None)
+
+    @property
     def vocab_size(self) -> int:
-        return self.num_codes + 3
+        return self.num_content + 3
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return {"bos": self.num_codes, "eos": self.num_codes + 1, "pad": self.num_codes + 2}
+        return {"bos": self.num_content, "eos": self.num_content + 1, "pad": self.num_content + 2}
+
+    @property
+    def num_streams(self) -> int:
+        """K in the delay pattern (a position reads one step: K ids), 1 when flattened."""
+        return self.num_codebooks if self.pattern == "delay" else 1
 
     @property
     def needs_fit(self) -> bool:
@@ -117,16 +161,33 @@ class CodecTokenizer(Tokenizer):
         return math.ceil(round(self.clip_seconds * self.sample_rate) / self.hop) * self.hop
 
     @property
-    def sample_length(self) -> int | None:
-        return None if self.clip_samples is None else self.clip_samples // self.hop * self.num_codebooks
+    def clip_frames(self) -> int | None:
+        """Frames a clip (None without ``clip_seconds``)."""
+        return None if self.clip_samples is None else self.clip_samples // self.hop
 
     @property
-    def content_cycle(self) -> list[range]:
-        """Frame by frame, codebook 0's ids, then codebook 1's, …: sampling in a mixed layout keeps to this order."""
-        return [range(k * self.codebook_size, (k + 1) * self.codebook_size) for k in range(self.num_codebooks)]
+    def sample_length(self) -> int | None:
+        if self.clip_frames is None:
+            return None
+        steps = self.clip_frames + self.num_codebooks - 1 if self.pattern == "delay" else self.clip_frames
+        return steps * self.num_codebooks
+
+    @property
+    def content_cycle(self) -> list[Sequence[int]]:
+        """What each content position may hold; sampling in a mixed layout keeps to it. Flattened: frame by frame,
+        codebook 0's ids, then codebook 1's, … (a cycle of K). Delay: the whole clip, position s·K + k holding
+        codebook k's ids where frame s − k exists, else ``[empty_id]``."""
+        books = [range(k * self.codebook_size, (k + 1) * self.codebook_size) for k in range(self.num_codebooks)]
+        if self.pattern == "flattened":
+            return books
+        frames = self.clip_frames
+        return [books[k] if 0 <= s - k < frames else [self.empty_id]
+                for s in range(frames + self.num_codebooks - 1) for k in range(self.num_codebooks)]  # fmt: skip
 
     def token_name(self, token: int) -> str | None:
-        """``"codebook 2 code 17"``, for ``armm inspect``."""
+        """``"codebook 2 code 17"`` (``"empty"`` for EMPTY), for ``armm inspect``."""
+        if token == self.empty_id:
+            return "empty"
         if not 0 <= token < self.num_codes:
             return None
         return f"codebook {token // self.codebook_size} code {token % self.codebook_size}"
@@ -161,9 +222,12 @@ class CodecTokenizer(Tokenizer):
         return out
 
     def ids_of(self, codes: torch.Tensor) -> list[int]:
-        """Codes ``[K, frames]`` → ids frame by frame: codebook k's code c is k · codebook_size + c."""
+        """Codes ``[K, frames]`` → ids frame by frame (delay: step by step): codebook k's code c is
+        k · codebook_size + c."""
         offsets = torch.arange(self.num_codebooks)[:, None] * self.codebook_size
-        return (codes + offsets).T.reshape(-1).tolist()  # (frames, K) flattened
+        ids = codes + offsets  # (K, frames)
+        rows = delay(ids, self.empty_id) if self.pattern == "delay" else ids.T  # (steps or frames, K)
+        return rows.reshape(-1).tolist()
 
     def encode(self, sample: Any) -> list[int]:
         return self.ids_of(self.codes([sample])[0])
@@ -172,27 +236,43 @@ class CodecTokenizer(Tokenizer):
         return [self.ids_of(codes) for codes in self.codes(samples)]
 
     def encode_prefix(self, sample: Any, units: int) -> list[int]:
-        """A prompt of the whole frames among ``sample``'s first ``units`` audio samples (``armm.prompt_ids``): the
-        first ids of the sample's own codes, so generation continues at a frame's first codebook."""
+        """A prompt of the n whole frames among ``sample``'s first ``units`` audio samples (``armm.prompt_ids``): the
+        first n·K ids of the sample's own encoding, so generation continues at frame n's codebook 0. Flattened, that
+        is frames 0 .. n − 1; in the delay pattern, steps 0 .. n − 1, which hold codebook k's frames 0 .. n − 1 − k
+        (after k EMPTYs): the model writes the rest of the staircase."""
         frames = units // self.hop
         if frames == 0:
             raise ValueError(f"the first {units} audio samples hold no whole frame: audio-codec prompts continue from "
                              f"whole frames of hop={self.hop} samples; keep at least {self.hop}")
         return self.encode(sample)[: frames * self.num_codebooks]
 
-    @torch.no_grad()
     def decode(self, ids: Sequence[int]) -> torch.Tensor:
-        """Content ids → waveform, ``hop`` samples a frame. Position i of the content is codebook ``i % K`` of frame
-        ``i // K`` (an id of another codebook there counts as its code number); a last, partial frame decodes with
-        the codebooks it has."""
+        """Content ids → waveform, ``hop`` samples a frame; bos, eos and pad are skipped. Flattened, content position
+        i is codebook ``i % K`` of frame ``i // K``; in the delay pattern, step s = i // K holds codebook k = i % K's
+        code of frame s − k, and frame f decodes once step f is there (at most a clip's frames). An id of another
+        codebook counts as its code number; a frame missing codebooks (generation stopped early, EMPTY where a code
+        should be) decodes with the codebooks it has; a code where EMPTY should be is ignored."""
         self.check_ids(ids)
-        content = torch.tensor([token for token in ids if token < self.num_codes], dtype=torch.long)
-        frames = math.ceil(len(content) / self.num_codebooks)
-        if frames == 0:
+        content = torch.tensor([token for token in ids if token < self.num_content], dtype=torch.long)
+        rows = math.ceil(len(content) / self.num_codebooks)  # frames (flattened) or steps (delay)
+        if self.pattern == "flattened":
+            return self.waveform(self.code_rows(content, rows).T)
+        frames = min(rows, self.clip_frames)
+        return self.waveform(undelay(self.code_rows(content, frames + self.num_codebooks - 1), frames))
+
+    def code_rows(self, content: torch.Tensor, rows: int) -> torch.Tensor:
+        """Content ids → code numbers ``[rows, K]``, K ids a row; -1 where an id is EMPTY or missing."""
+        slots = torch.full((rows * self.num_codebooks,), -1, dtype=torch.long)
+        kept = content[: len(slots)]
+        slots[: len(kept)] = torch.where(kept < self.num_codes, kept % self.codebook_size, -1)  # EMPTY: -1
+        return slots.view(rows, self.num_codebooks)
+
+    @torch.no_grad()
+    def waveform(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[K, frames]`` (-1: missing, left out of the frame's sum of codebook vectors) → the decoder's
+        waveform."""
+        if codes.shape[1] == 0:
             return torch.zeros(0)
-        slots = torch.full((frames * self.num_codebooks,), -1, dtype=torch.long)
-        slots[: len(content)] = content % self.codebook_size
-        codes = slots.view(frames, self.num_codebooks).T  # (K, frames); -1: missing
         quantized = sum(
             layer.codebook[codes[k].clamp(min=0)].T * (codes[k] >= 0)  # (code_dim, frames)
             for k, layer in enumerate(self.model.quantizer.layers)
