@@ -316,3 +316,33 @@ def test_a_failed_build_says_why(fresh_library, monkeypatch, tmp_path):
 def test_the_fixed_rule_takes_decode_steps_and_short_prefills():
     assert native.takes(1, 1) and native.takes(8, 8) and native.takes(2, 16) and native.takes(64, 1)
     assert not native.takes(1, 33) and not native.takes(4, 16) and not native.takes(65, 1)
+
+
+@needs_native
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+@pytest.mark.parametrize("K", [2, 3])
+def test_native_steps_of_k_streams_equal_a_full_forward(preset, K, native_calls):
+    """A model of K streams (``num_streams``): the C step sums a position's K embeddings and writes its K·V logits."""
+    torch.manual_seed(0)
+    model = armm.Transformer(armm.ModelConfig.from_name(preset, vocab_size=40, max_seq_len=16, num_streams=K,
+                                                        tie_embeddings=False)).eval()  # fmt: skip
+    idx = torch.randint(0, 40, (3, 7 * K))
+    pad = torch.tensor([0, 2, 1])
+    with torch.inference_mode():
+        full = model(idx, pad=pad)  # (3, 7K, V)
+        decoder = NativeDecoder(model, 3, 16)
+        pieces = [decoder.forward(idx[:, :3 * K], 0, pad)]
+        pieces += [decoder.forward(idx[:, p * K:(p + 1) * K], p, pad) for p in range(3, 7)]
+        out_of_vocabulary = torch.tensor([[1] * (K - 1) + [40]] * 3)  # the last stream's id
+        with pytest.raises(IndexError, match="outside the vocabulary"):
+            decoder.run(native_weights(model, False), out_of_vocabulary, 7, pad, 0)
+    assert native_calls[:2] == [(3, 3 * K), (3, K)]
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    with torch.inference_mode():  # int8 copies of the K·V-row output layer too
+        native_int8 = NativeDecoder(model, 3, 16, quantize="int8").forward(idx[:, :3 * K], 0, pad)
+    with torch.no_grad():
+        for linear in (m for m in model.modules() if isinstance(m, torch.nn.Linear)):
+            quantized, scales = quantize_int8(linear.weight)
+            linear.weight = torch.nn.Parameter(quantized.float() * scales.float()[:, None])
+        dequantized = model(idx[:, :3 * K], pad=pad)
+    torch.testing.assert_close(native_int8, dequantized, atol=1e-4, rtol=1e-4)

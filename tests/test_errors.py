@@ -460,9 +460,6 @@ API_CASES: dict[str, tuple[Callable[[Path], Any], type[Exception], str]] = {
                                                                          [[1, 2]], max_new_tokens=1),
                                    ValueError, "speculative decoding reads one id a position, but this model reads "
                                    "num_streams=2"),
-    "streams-native-backend": (lambda tmp: armm.generate(two_stream_model(), [[1, 2]], max_new_tokens=1,
-                                                         backend="native"),
-                               ValueError, "backend 'native' decodes one id a position"),
     "streams-tied-embeddings": (lambda tmp: armm.ModelConfig(num_streams=2), ValueError,
                                 "ModelConfig.tie_embeddings needs one output per position, but num_streams=2"),
     "streams-packed-layout": (lambda tmp: _prepare_streams(tmp, "packed", 64), ValueError,

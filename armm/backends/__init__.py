@@ -44,11 +44,6 @@ def open_decoder(model: Transformer, batch_size: int, max_len: int, backend: str
     check_backend(backend)
     check_quantize(quantize)
     cpu = model.tok_emb.weight.device.type == "cpu"
-    if model.config.num_streams > 1:  # the native step reads one id a position
-        if backend == "native":
-            raise ValueError(f"backend 'native' decodes one id a position; this model reads "
-                             f"num_streams={model.config.num_streams}: use backend 'eager' or 'compiled'")
-        backend = "eager" if backend == "auto" else backend
     if backend == "compiled":
         from armm.backends.compiled import CompiledDecoder  # torch.compile's import cost only when asked for
 

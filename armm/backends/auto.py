@@ -58,7 +58,8 @@ def key(model: Transformer, quantize: str | None, rows: int) -> str:
     weights' format, and the shape class."""
     c = model.config
     shape = (f"{c.n_layer}x{c.d_model} heads {c.n_head}/{c.n_kv_head}x{c.head_dim} ff {c.d_ff} vocab {c.vocab_size} "
-             f"{c.position} {c.norm} {c.mlp} bias {c.bias} tied {c.tie_embeddings} {quantize or 'float32'}")
+             f"{c.position} {c.norm} {c.mlp} bias {c.bias} tied {c.tie_embeddings} {quantize or 'float32'}"
+             + (f" streams {c.num_streams}" if c.num_streams > 1 else ""))
     return f"{machine()}|{torch.get_num_threads()} threads|{shape}|{shape_class(rows)} rows"
 
 
@@ -103,7 +104,7 @@ def measure(model: Transformer, quantize: str | None, rows: int) -> str:
     fmt = default_format(model, quantize)  # a twin of its own, dropped afterwards unless eager wins and builds one
     runner = Twin(model, fmt).module
     eager = EagerDecoder(model, B, start + 1, quantize, cache=native.cache, runner=runner)
-    idx = torch.zeros(B, 1, dtype=torch.long)
+    idx = torch.zeros(B, model.config.num_streams, dtype=torch.long)  # one position
     times: dict[str, list[float]] = {"native": [], "eager": []}
     for round_ in range(ROUNDS + 1):
         for name, decoder in (("native", native), ("eager", eager))[::1 if round_ % 2 else -1]:
@@ -139,6 +140,6 @@ class AutoDecoder(NativeDecoder):
                          takes=lambda b, t: prefers_native(model, quantize, b * t), rolling=rolling)
 
     def fallback(self, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
-        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.numel() > MAX_ROWS:
+        if not isinstance(idx, Tensor) or idx.dim() != 2 or idx.numel() > MAX_ROWS * self.model.config.num_streams:
             return super().fallback(idx, start, pad, logits_to_keep)
         return self.eager().forward(idx, start, pad, logits_to_keep)

@@ -45,7 +45,7 @@ class ModelStruct(ctypes.Structure):
     _fields_ = [
         *[(name, ctypes.c_int32) for name in (
             "n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "d_ff", "vocab_size", "cache_len",
-            "max_seq_len", "rmsnorm", "swiglu")],
+            "max_seq_len", "rmsnorm", "swiglu", "num_streams")],
         ("norm_eps", ctypes.c_float),
         *[(name, FLOAT_P) for name in (
             "tok_emb", "pos_emb", "rope_cos", "rope_sin", "norm_f_weight", "norm_f_bias", "lm_head_weight")],

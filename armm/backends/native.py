@@ -116,7 +116,7 @@ class NativeWeights:
         self.struct = ModelStruct(
             n_layer=c.n_layer, d_model=c.d_model, n_head=c.n_head, n_kv_head=c.n_kv_head, head_dim=c.head_dim,
             d_ff=c.d_ff, vocab_size=c.vocab_size, cache_len=0, max_seq_len=c.max_seq_len,
-            rmsnorm=c.norm == "rmsnorm", swiglu=c.mlp == "swiglu", norm_eps=c.norm_eps,
+            rmsnorm=c.norm == "rmsnorm", swiglu=c.mlp == "swiglu", num_streams=c.num_streams, norm_eps=c.norm_eps,
             **{field: self._ptr(tensor) for field, tensor in _model_tensors(model).items()},
         )
         if copies is not None:
@@ -172,8 +172,10 @@ class NativeDecoder(Decoder):
         self._cache_tensors: list[Tensor] = []  # what the struct's cache pointers point at
 
     def forward(self, idx: Tensor, start: int, pad: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
-        B, T = idx.shape if isinstance(idx, Tensor) and idx.dim() == 2 else (0, 0)
-        if not (B and T and self.cache_readable and self.takes(B, T)) or torch.is_grad_enabled():
+        K = self.model.config.num_streams
+        B, T = (idx.size(0), idx.size(1) // K) if isinstance(idx, Tensor) and idx.dim() == 2 else (0, 0)  # positions
+        whole = B and T and idx.size(1) % K == 0  # the model's forward explains any other shape
+        if not (whole and self.cache_readable and self.takes(B, T)) or torch.is_grad_enabled():
             return self.fallback(idx, start, pad, logits_to_keep)
         weights = native_weights(self.model, self.int8)
         if weights is None:
@@ -195,13 +197,14 @@ class NativeDecoder(Decoder):
 
     def run(self, weights: NativeWeights, idx: Tensor, start: int, pad: Tensor | None, logits_to_keep: int) -> Tensor:
         """One call of the C step, after checking every argument it reads."""
-        B, T = idx.shape
+        K = weights.config.num_streams
+        B, T = idx.size(0), idx.size(1) // K  # T positions of K ids
         struct = self._struct(weights)
         idx, pad, keep = self._checked(idx, start, pad, logits_to_keep)
         work = weights.lib.armm_work_size(ctypes.byref(struct), B * T)  # scratch floats, for this cache's length
         if self.work.numel() < work:
             self.work = torch.empty(work)
-        logits = torch.empty(B, keep, weights.config.vocab_size)
+        logits = torch.empty(B, keep * K, weights.config.vocab_size)  # (B, keep, K·V) as C writes it
         bad = weights.lib.armm_forward(
             ctypes.byref(struct), idx.data_ptr(), idx.stride(0), B, T, start,
             None if pad is None else pad.data_ptr(), keep, self.work.data_ptr(), logits.data_ptr(),
@@ -219,7 +222,7 @@ class NativeDecoder(Decoder):
         """The arguments as the C step reads them (int64, contiguous, on the CPU), or an error naming the bad one."""
         if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool or idx.device.type != "cpu":
             raise ValueError(f"idx must be an integer CPU tensor of token ids, got {idx.dtype} on {idx.device}")
-        B, T = idx.shape
+        B, T = idx.size(0), idx.size(1) // self.model.config.num_streams  # positions
         self.cache[0].check_write(B, start, T)
         if start + T >= 2**31:
             raise ValueError(f"start + T = {start + T} is past the native step's int32 slots; use backend='eager'")

@@ -34,7 +34,7 @@ typedef struct {
 
 typedef struct {
     int32_t n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab_size, cache_len, max_seq_len;
-    int32_t rmsnorm, swiglu;
+    int32_t rmsnorm, swiglu, num_streams;       /* num_streams K: ids a position (embeddings summed) */
     float norm_eps;
     const float *tok_emb, *pos_emb;             /* pos_emb NULL with rotary embeddings */
     const float *rope_cos, *rope_sin;           /* [max_seq_len, head_dim], NULL with learned positions */
@@ -362,21 +362,26 @@ static inline int position_of(int r, int T, int start, const int64_t *pad) {
 /* tokens [B, T] (rows token_stride apart) at cache slots start .. start+T-1; pad [B] left padding per row or
  * NULL. Past the cache's length (start + T > cache_len: a rolling cache, RoPE only) it takes one token a row,
  * written over the oldest slot, attending to the last cache_len slots. Writes the logits of the last `keep`
- * tokens of each row, [B, keep, vocab_size]. work: scratch of armm_work_size(m, B * T) floats. Returns (and does
- * nothing) 1 if a token is outside the vocabulary, 2 if a position is past max_seq_len with learned positions or
- * the cache's length is passed by more than one token or without RoPE; else 0. */
+ * tokens of each row, [B, keep, vocab_size]. With K = num_streams > 1, T counts positions of K ids each (tokens
+ * [B, T * K], a position's input the sum of its K embeddings) and the logits are [B, keep, K * vocab_size].
+ * work: scratch of armm_work_size(m, B * T) floats. Returns (and does nothing) 1 if a token is outside the
+ * vocabulary, 2 if a position is past max_seq_len with learned positions or the cache's length is passed by more
+ * than one token or without RoPE; else 0. */
 int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, int B, int T, int start,
                  const int64_t *pad, int keep, float *work, float *logits, int n_threads) {
     const int d = m->d_model, hd = m->head_dim, nh = m->n_head, nkv = m->n_kv_head, C = m->cache_len;
-    const int qkv_out = (nh + 2 * nkv) * hd, R = B * T;  /* R rows: one per token */
+    const int qkv_out = (nh + 2 * nkv) * hd, R = B * T, K = m->num_streams;  /* R rows: one per position */
     float *x = work, *h = x + (size_t)R * d, *qkv = h + (size_t)R * d, *att = qkv + (size_t)R * qkv_out;
     float *ff = att + (size_t)R * nh * hd, *scores = ff + (size_t)R * m->d_ff;
     const float scale = 1.f / sqrtf((float)hd);
     const int rolled = start + T > C;
     if (start < 0 || (rolled && (T != 1 || !m->rope_cos || !m->rope_inv_freq))) return 2;
+    if (K < 1) return 1;
     for (int r = 0; r < R; r++) {
-        int64_t token = tokens[(r / T) * token_stride + r % T];
-        if (token < 0 || token >= m->vocab_size) return 1;
+        for (int k = 0; k < K; k++) {
+            int64_t token = tokens[(r / T) * token_stride + (int64_t)(r % T) * K + k];
+            if (token < 0 || token >= m->vocab_size) return 1;
+        }
         if (start + r % T - (pad ? pad[r / T] : 0) >= m->max_seq_len && !rolled) return 2;
     }
 
@@ -384,9 +389,14 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
     {
         #pragma omp for schedule(static)
         for (int r = 0; r < R; r++) {
-            const float *e = m->tok_emb + (size_t)tokens[(r / T) * token_stride + r % T] * d;
+            const int64_t *ids = tokens + (r / T) * token_stride + (int64_t)(r % T) * K;
             const float *p = m->pos_emb ? m->pos_emb + (size_t)position_of(r, T, start, pad) * d : NULL;
-            for (int i = 0; i < d; i++) x[(size_t)r * d + i] = e[i] + (p ? p[i] : 0.f);
+            float *row = x + (size_t)r * d;
+            for (int i = 0; i < d; i++) row[i] = m->tok_emb[(size_t)ids[0] * d + i];
+            for (int k = 1; k < K; k++)
+                for (int i = 0; i < d; i++) row[i] += m->tok_emb[(size_t)ids[k] * d + i];
+            if (p)
+                for (int i = 0; i < d; i++) row[i] += p[i];
         }
         for (int l = 0; l < m->n_layer; l++) {
             const Layer *L = &m->layers[l];
@@ -445,7 +455,7 @@ int armm_forward(const Model *m, const int64_t *tokens, int64_t token_stride, in
         }
         norm(m, qkv, B * keep, m->norm_f_weight, m->norm_f_bias, h);
         const Matrix lm_head_w = {m->lm_head_weight, m->lm_head_q, m->lm_head_scale};
-        linear(h, B * keep, d, lm_head_w, NULL, m->vocab_size, logits, 0);
+        linear(h, B * keep, d, lm_head_w, NULL, K * m->vocab_size, logits, 0);
     }
     return 0;
 }
