@@ -145,8 +145,9 @@ def sample(
     opened = tok.part_written_as(target.suffix) if isinstance(tok, VocabLayout) and target else None
     if opened is not None and opened != tok.prompt_part and prompt_file is None:  # a file's last span is open already
         ids += tok.span_of_ids(opened, [], close=False, at=len(ids) - len(tok.start_ids))
-    if model.config.num_streams > 1:  # it cannot go past its context: stop there
-        max_new_tokens = max(1, min(max_new_tokens, (model.config.max_seq_len + 1) * model.config.num_streams - len(ids)))
+    streams = model.config.num_streams
+    if streams > 1:  # it cannot go past its context: stop there
+        max_new_tokens = max(1, min(max_new_tokens, (model.config.max_seq_len + 1) * streams - len(ids)))
     sampler = sampler_for(tok, sampler, part_samplers)
     guided = guidance is not None or guidance_tokens is not None
     if guided and not isinstance(tok, VocabLayout):

@@ -288,7 +288,8 @@ def _decode(
     first = [P - len(r) for r in rows]  # each row's first token in the cache (a slot of `context`)
     shift, cache_pad = 0, pad  # the cache holds slots shift.. of the context; cache_pad[r] = first[r] - shift
     with decoding(model, R, min(positions, window), backend, quantize, rolling) as decoder:
-        logits = last_position(decoder.forward(context[:, :P].clamp(min=0), 0, pad, logits_to_keep=1))  # prefill: (R, V) or (R, K, V)
+        prefill = decoder.forward(context[:, :P].clamp(min=0), 0, pad, logits_to_keep=1)  # (R, K, V)
+        logits = last_position(prefill)  # (R, V), or (R, K, V) with K streams
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         # On an accelerator the sampler cannot check NaN logits without waiting each step: note the step instead.
         nan_at = torch.full((B,), -1, device=device) if defers_nan_check(device) else None  # (B,)

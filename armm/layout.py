@@ -138,7 +138,6 @@ class VocabLayout(Tokenizer):
                              f"number of ids a position, so give every multi-stream part the same number")
         return counts.pop() if counts else 1
 
-
     @property
     def null_id(self) -> int:
         """Stands in for a dropped condition (classifier-free guidance)."""
@@ -367,7 +366,7 @@ class VocabLayout(Tokenizer):
     def span_state(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Where each row of ``tokens [B, T]`` (left-padded with -1) stands → ``(part [B], count [B])``:
         the index of the open span's part (-1 between spans) and how many tokens it already holds; in a layout of K
-        streams, -1 while pads are owed (``allowed`` then allows the pad alone)."""
+        streams, negative while pads are owed (``allowed`` then allows the pad alone)."""
         tables = self._device_tables(tokens.device)
         B, T = tokens.shape
         if T == 0:

@@ -11,10 +11,10 @@ from armm.tokenizer import Tokenizer
 
 
 def prompt_ids(tokenizer: Tokenizer, sample: Any, units: int | None = None) -> list[int]:
-    """``start_ids`` (bos), then ``sample``'s ids left open, so generation continues the sample instead of starting another: its
-    ``encode`` ids (no eos), or with ``units`` those of its first ``units`` units (``first_unit_ids``). A mixed
-    layout's sample is a list of ``(part, sample)`` pairs; its last part's span is left open and ``units`` counts
-    that part's units."""
+    """``start_ids`` (bos), then ``sample``'s ids left open, so generation continues the sample instead of starting
+    another: its ``encode`` ids (no eos), or with ``units`` those of its first ``units`` units (``first_unit_ids``).
+    A mixed layout's sample is a list of ``(part, sample)`` pairs; its last part's span is left open and ``units``
+    counts that part's units."""
     if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units < 1):
         raise ValueError(f"units must be an integer >= 1 (how much of the sample to keep), got {units!r}")
     start = tokenizer.start_ids

@@ -115,6 +115,9 @@ class Tokenizer(ABC):
         sample's ids begin a position; none without a bos."""
         if self.bos_id is None:
             return []
+        if self.num_streams > 1 and self.pad_id is None:
+            raise ValueError(f"tokenizer {self.name!r} lays its ids out in {self.num_streams} streams, which needs a "
+                             f"pad token to fill whole positions; give it one in special_tokens")
         return [self.bos_id] + [self.pad_id] * (self.num_streams - 1)
 
     @abstractmethod

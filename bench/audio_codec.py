@@ -1,8 +1,9 @@
 """Rate against quality: the ``audio-codec`` tokenizer with its first k codebooks against mu-law at the same bits/s.
 
-Run as ``python bench/audio_codec.py MODEL_DIR`` on a model trained with ``recipes/speech_digits.yaml``: the codec
-measured is the audio part of its mixed layout. The clips are held out: ``spoken_digits`` at speeds 140 and 180 words
-a minute and pitches 42 and 60, none of which the dataset (speeds 120, 160, 200; pitches 35, 50, 70) uses.
+Run as ``python bench/audio_codec.py MODEL_DIR`` on a model trained with ``recipes/speech_digits.yaml`` (or its
+flattened twin): the codec measured is the audio part of its mixed layout. The clips are held out: ``spoken_digits``
+at speeds 140 and 180 words a minute and pitches 42 and 60, none of which the dataset (speeds 120, 160, 200; pitches
+35, 50, 70) uses.
 
 Rows, ordered by bits per second:
 

@@ -1,7 +1,7 @@
 """Seconds to generate 1 s of audio on this CPU: codec tokens against mu-law samples.
 
 Run as ``python bench/audio_speed.py MODEL_DIR [MODEL_DIR …]`` on models trained with ``recipes/speech_digits.yaml``
-(flattened codec ids) or ``recipes/speech_digits_delay.yaml`` (the delay pattern, 2 ids a position).
+(the codec's ids in the delay pattern, 2 a position) or ``recipes/speech_digits_flattened.yaml`` (one a position).
 
 - Codec: that model continues ``bos <|label|> seven <|/label|> <|audio|>`` by the clip's audio ids (50 frames of K
   codebook ids) and ``<|/audio|>``, sampling inside the layout's grammar; the layout then decodes the ids to a
@@ -100,7 +100,7 @@ def describe(side: Side, waveforms: list[torch.Tensor]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dirs", type=Path, nargs="+", metavar="MODEL_DIR",
-                        help="model directories trained with recipes/speech_digits.yaml or speech_digits_delay.yaml")
+                        help="model directories trained with recipes/speech_digits(_flattened).yaml")
     parser.add_argument("--word", default="seven", help="the label the codec model is prompted with")
     parser.add_argument("--sampler", default="temperature=1.0")
     parser.add_argument("--batch", type=int, default=10, help="clips of the codec's batched row (0 skips it)")
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         clips, steps = len(side.prompts), -(-side.new_tokens // side.model.config.num_streams)
         table.append([side.name, str(side.new_tokens), str(steps), f"{g / clips / steps * 1e3:.3f}", f"{g / clips:.3f}",
                       f"{d / clips:.4f}", f"{total:.3f}", f"{totals[0] / total:.1f}x"])
-    print_table(["model", "tokens for 1 s", "model steps", "ms/step", "generation s", "decode s", "total s", "speed-up"],
-                table)
+    columns = ["model", "tokens for 1 s", "model steps", "ms/step", "generation s", "decode s", "total s", "speed-up"]
+    print_table(columns, table)
 
 
 if __name__ == "__main__":

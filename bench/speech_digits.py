@@ -2,8 +2,8 @@
 real spoken digits hears as seven, and how does classifier-free guidance change that?
 
 Run as ``python bench/speech_digits.py MODEL_DIR`` on a model trained with ``recipes/speech_digits.yaml`` or
-``recipes/speech_digits_delay.yaml`` (a mixed layout: a ``classes`` label part named "zero" .. "nine" as the prompt
-part, then an ``audio-codec`` part, flattened or in the delay pattern; condition dropout in training):
+``recipes/speech_digits_flattened.yaml`` (a mixed layout: a ``classes`` label part named "zero" .. "nine" as the
+prompt part, then an ``audio-codec`` part, in the delay pattern or flattened; condition dropout in training):
 
 1. A classifier (log-mel spectrogram of the fixed-length clip in dB below its loudest bin, flattened, then scikit-learn's
    logistic regression) learns the real training clips of ``espeak-digits`` at the audio part's rate and clip length.

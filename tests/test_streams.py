@@ -36,7 +36,7 @@ def test_cached_positions_equal_the_full_forward(K, style):
 
 
 def test_an_id_is_predicted_from_earlier_positions_only():
-    """Logits at id t·K + k predict id (t+1)·K + k: they change with the ids of positions ≤ t, never with later ones."""
+    """Logits at id t·K + k predict id (t+1)·K + k: they change with the ids of positions ≤ t, never later ones."""
     K = 3
     model = streams_model(K)
     idx = torch.randint(0, VOCAB, (1, 6 * K))

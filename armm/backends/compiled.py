@@ -51,7 +51,8 @@ class CompiledStep:
         return (weight.dtype, weight.device) == (self.dtype, self.device)
 
     def __call__(self, model: Transformer, idx: Tensor, slot: int, pad: Tensor | None) -> Tensor:
-        """Logits ``[B, V]`` for tokens ``idx [B, 1]`` at cache slot ``slot`` (K streams: ``[B, K]`` → ``[B, K, V]``)."""
+        """Logits ``[B, V]`` for tokens ``idx [B, 1]`` at cache slot ``slot`` (K streams: ``[B, K]`` →
+        ``[B, K, V]``)."""
         self.tokens.copy_(idx)
         self.slot.fill_(slot)  # a kernel on the GPU, not a host-to-device copy that would wait for the queue
         torch.compiler.cudagraph_mark_step_begin()

@@ -293,7 +293,7 @@ def _render_layout(segments: list[str | Placeheld], layout: VocabLayout, templat
     """Ids in a mixed layout: each run of text in a span of the layout's text part (the last one left open for the
     reply), every other part in its own span. A reply ends at the text span's end token or at an end-of-turn token."""
     text_span = layout.span(layout.prompt_part)
-    ids, in_text = [layout.bos_id], False
+    ids, in_text = list(layout.start_ids), False
     for segment in segments:
         if isinstance(segment, Part):
             if in_text:

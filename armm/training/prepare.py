@@ -186,7 +186,7 @@ def encode_documents(tokenizer: Tokenizer, documents: Iterable[tuple[int, Any]],
 def encode_long(tokenizer: Tokenizer, document: LongDocument, writer: StreamWriter, unit: int,
                 progress: ReadProgress | None) -> None:
     start, total = writer.written, 0
-    writer.add_tokens([[tokenizer.bos_id]] if tokenizer.bos_id is not None else [])
+    writer.add_tokens([tokenizer.start_ids])
     pieces = iter(document.pieces)
     while batch := _take_chars(pieces, tokenizer):
         writer.add_tokens(tokenizer.encode_batch([piece for piece, _ in batch]))
@@ -402,8 +402,8 @@ def check_streams(tokenizer: Tokenizer, layout: Layout, seq_len: int) -> int:
     samples layout hold whole positions, ``seq_len + K`` ids (the inputs and the next position's targets)."""
     streams = tokenizer.num_streams
     if streams > 1 and layout != "samples":
-        raise ValueError(f"tokenizer {tokenizer.name!r} lays its ids out in {streams} streams, whose windows must start "
-                         f"at whole positions; set data.layout: samples")
+        raise ValueError(f"tokenizer {tokenizer.name!r} lays its ids out in {streams} streams, whose windows must "
+                         f"start at whole positions; set data.layout: samples")
     if seq_len % streams:
         raise ValueError(f"data.seq_len={seq_len} must be a multiple of the tokenizer's {streams} streams (a model "
                          f"position reads {streams} ids); set it to {seq_len + (-seq_len) % streams}")

@@ -389,7 +389,7 @@ def test_espeak_digits_label_every_clip_for_a_mixed_layout(labelled_layout, monk
 
 
 # --- the speech_digits recipe on a user's folder --------------------------------------------------------------
-@pytest.mark.parametrize("name", ["speech_digits", "speech_digits_delay"])
+@pytest.mark.parametrize("name", ["speech_digits", "speech_digits_flattened"])
 def test_the_speech_digits_recipe_trains_on_a_labelled_wav_folder_and_samples_a_wav(name, tmp_path, monkeypatch,
                                                                                     one_thread):
     from pathlib import Path
@@ -417,7 +417,7 @@ def test_the_speech_digits_recipe_trains_on_a_labelled_wav_folder_and_samples_a_
           "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1"])  # fmt: skip
     model, layout = armm.load_model(f"runs/{name}/export/final")
     assert sorted(layout.parts["label"].names) == sorted(DIGITS)
-    assert model.config.num_streams == layout.num_streams == (2 if name.endswith("delay") else 1)
+    assert model.config.num_streams == layout.num_streams == (1 if name.endswith("flattened") else 2)
     main(["sample", f"runs/{name}/export/final", "--prompt", "two", "--output", "two.wav", "--seed", "0",
           "--max-new-tokens", "108"])
     audio, rate = soundfile.read(tmp_path / "two.wav")
