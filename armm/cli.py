@@ -36,6 +36,7 @@ from armm.textstream import stream_text
 from armm.tokenizer import Tokenizer
 
 console = Console()
+DEFAULT_NEW_TOKENS = 100  # armm sample's --max-new-tokens when nothing fixes the length
 
 
 def plugins() -> None:
@@ -81,7 +82,7 @@ def sample(
     prompt_units: int | None = None,
     prompt_index: int | None = None,
     sampler: str = "greedy",
-    max_new_tokens: int = 100,
+    max_new_tokens: int | None = None,
     seed: int | None = None,
     num_samples: int = 1,
     stream: bool = False,
@@ -109,7 +110,8 @@ def sample(
         prompt_index: Which sample of --prompt-file to continue, from 0.
         sampler: A sampler spec such as "greedy", "top_k=40" or "temperature=0.7,top_p=0.9".
         max_new_tokens: How many tokens to generate at most (generation also stops at eos, and a model of several
-            streams at the end of its context).
+            streams at the end of its context). Default: when --output opens a part of fixed length (an audio clip,
+            an image), exactly enough for it and eos; else 100.
         seed: Random seed; sample i uses seed + i, so results are reproducible.
         num_samples: How many samples to draw.
         stream: Print text as it is generated.
@@ -144,7 +146,12 @@ def sample(
     ids = _prompt_ids(tok, prompt, prompt_file, prompt_units, prompt_index)
     opened = tok.part_written_as(target.suffix) if isinstance(tok, VocabLayout) and target else None
     if opened is not None and opened != tok.prompt_part and prompt_file is None:  # a file's last span is open already
-        ids += tok.span_of_ids(opened, [], close=False, at=len(ids) - len(tok.start_ids))
+        at, length = len(ids) - len(tok.start_ids), tok.span(opened).length
+        opening = tok.span_of_ids(opened, [], close=False, at=at)
+        ids += opening
+        if max_new_tokens is None and length is not None:  # the rest of the span (content, end, pads), then eos
+            max_new_tokens = len(tok.span_of_ids(opened, [0] * length, at=at)) - len(opening) + 1
+    max_new_tokens = DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
     streams = model.config.num_streams
     if streams > 1:  # it cannot go past its context: stop there
         max_new_tokens = max(1, min(max_new_tokens, (model.config.max_seq_len + 1) * streams - len(ids)))

@@ -204,8 +204,8 @@ def existing_plugin_folder(w: World, tmp: Path) -> list:
 CLI_CASES: dict[str, tuple[Callable[[World, Path], list], str]] = {
     "cli-unknown-command": (lambda w, tmp: ["samplex", w.text], "invalid choice: 'samplex'"),
     "cli-unknown-option": (fit("--data.bogus", "1"), "unrecognized arguments: --data.bogus 1 (see `armm fit --help`)"),
-    "cli-bad-option-value": (lambda w, tmp: ["sample", w.text, "--max-new-tokens", "many"],
-                             'Parser key "max_new_tokens": Expected a <class \'int\'>. Got value: many'),
+    "cli-bad-option-value": (lambda w, tmp: ["sample", w.text, "--num-samples", "many"],
+                             'Parser key "num_samples": Expected a <class \'int\'>. Got value: many'),
     "cli-missing-argument": (lambda w, tmp: ["sample"], "the following arguments are required: sample.model_dir"),
     "cli-text-or-file": (lambda w, tmp: ["score", w.text, "--text", "a", "--file", w.root / "data"],
                          "give exactly one of --text or --file"),

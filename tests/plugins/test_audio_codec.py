@@ -418,7 +418,12 @@ def test_the_speech_digits_recipe_trains_on_a_labelled_wav_folder_and_samples_a_
     model, layout = armm.load_model(f"runs/{name}/export/final")
     assert sorted(layout.parts["label"].names) == sorted(DIGITS)
     assert model.config.num_streams == layout.num_streams == (1 if name.endswith("flattened") else 2)
-    main(["sample", f"runs/{name}/export/final", "--prompt", "two", "--output", "two.wav", "--seed", "0",
-          "--max-new-tokens", "108"])
+    budgets = []
+    generate = armm.cli.generate
+    monkeypatch.setattr(armm.cli, "generate", lambda *a, **kw: budgets.append(kw["max_new_tokens"]) or generate(*a, **kw))
+    main(["sample", f"runs/{name}/export/final", "--prompt", "two", "--output", "two.wav", "--seed", "0"])
+    whole = layout.start_ids + layout.encode([("label", "two"), ("audio", torch.zeros(RATE))]) + [layout.eos_id]
+    opened = layout.prompt_for("audio", [("label", "two")])
+    assert whole[:len(opened)] == opened and budgets == [len(whole) - len(opened)]  # by default, the whole clip
     audio, rate = soundfile.read(tmp_path / "two.wav")
     assert rate == RATE and audio.shape == (RATE,)  # one 1 s clip at the recipe's 8 kHz
