@@ -75,6 +75,13 @@ def test_greedy_generation_equals_recomputing_the_full_forward(K, backend):
     assert generate(model, [prompt], max_new_tokens=new, backend=backend)[0] == reference_greedy(model, prompt, new)
 
 
+def test_the_compiled_decode_step_reads_a_position_of_k_ids():
+    """``backend="compiled"`` (torch.compile of ``decode_step``, whose token buffer holds K ids a row) = eager."""
+    model = streams_model(2)
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    assert generate(model, prompts, max_new_tokens=9, backend="compiled") == generate(model, prompts, max_new_tokens=9)
+
+
 @pytest.mark.parametrize("sampler", ["greedy", "temperature=1.0,top_k=8"])
 def test_a_ragged_batch_equals_its_rows_alone(sampler):
     K = 2
