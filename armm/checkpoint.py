@@ -81,6 +81,11 @@ def load_model(
             f"tokenizer {tokenizer.name!r} in {directory} has {tokenizer.vocab_size} ids but the model's vocab_size "
             f"is {config.vocab_size}; the tokenizer and the weights come from different models"
         )
+    if tokenizer is not None and tokenizer.num_streams != config.num_streams:
+        raise ValueError(
+            f"tokenizer {tokenizer.name!r} in {directory} lays its ids out in {tokenizer.num_streams} stream(s) but the "
+            f"model reads {config.num_streams} ids a position; the tokenizer and the weights come from different models"
+        )
     return model, tokenizer
 
 

@@ -97,6 +97,7 @@ class VocabLayout(Tokenizer):
         self.prompt_part = prompt_part if prompt_part is not None else next(iter(self.parts))
         if self.prompt_part not in self.parts:
             raise ValueError(f"prompt_part {self.prompt_part!r} is not a part; the parts are: {', '.join(self.parts)}")
+        self.num_streams  # parts of different stream counts fail now
         self._place()
 
     def _place(self) -> None:

@@ -202,6 +202,24 @@ def test_the_grammar_allows_every_id_of_aligned_samples_and_forces_the_pads():
         assert (masked[0] > -1e30).sum() == 1 or ids[begin + 1] != layout.pad_id
 
 
+def test_parts_of_different_stream_counts_are_refused_when_the_layout_is_built():
+    class Triples(PairTokenizer):
+        num_streams = 3
+
+    with pytest.raises(ValueError, match=r"lay their ids out in \[2, 3\] streams"):
+        VocabLayout({"pairs": PairTokenizer(), "triples": Triples()})
+
+
+def test_a_model_directory_whose_tokenizer_reads_other_streams_is_refused(tmp_path):
+    from armm import load_model, save_model
+
+    model = Transformer(ModelConfig.from_name("gpt2-tiny", vocab_size=259, num_streams=2, tie_embeddings=False))
+    save_model(tmp_path / "m", model, ByteTokenizer())
+    with pytest.raises(ValueError, match="lays its ids out in 1 stream.s. but the model reads 2 ids a position; the "
+                                         "tokenizer and the weights come from different models"):
+        load_model(tmp_path / "m")
+
+
 def test_leaving_out_the_condition_keeps_the_streams_in_place():
     layout = pair_layout()
     for label in ("one", "three", "twenty-two"):
