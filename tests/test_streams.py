@@ -263,3 +263,14 @@ def test_features_of_one_id_a_position_refuse_a_model_of_streams(feature, tmp_pa
     }
     with pytest.raises(ValueError, match="reads one id a position, but this model reads num_streams=2"):
         calls[feature]()
+
+
+def test_a_window_too_long_for_the_context_names_the_ids_and_the_positions():
+    from armm.training.module import check_fits
+
+    config = ModelConfig.from_name("gpt2-tiny", max_seq_len=24, num_streams=2, tie_embeddings=False)
+    check_fits(config, 48, streams=2)  # 24 positions fit
+    with pytest.raises(ValueError, match=r"data.seq_len=50 \(25 positions of 2 ids\) is larger than the model's context "
+                                         r"\(max_seq_len=24\); lower data.seq_len or set model.overrides.max_seq_len "
+                                         r">= 25"):
+        check_fits(config, 50, streams=2)

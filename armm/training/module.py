@@ -108,8 +108,8 @@ class ARModule(L.LightningModule):
         if datamodule is not None:
             datamodule.setup("fit")
             self.units_per_token = datamodule.units_per_token
-            streams = datamodule.tokenizer.num_streams
-            check_fits(self.config, datamodule.seq_len // streams, pretrained=self.hparams.init_from is not None)
+            check_fits(self.config, datamodule.seq_len, datamodule.tokenizer.num_streams,
+                       pretrained=self.hparams.init_from is not None)
             self.check_tokenizer(datamodule)
         if self.net is None:
             if datamodule is None:
@@ -257,11 +257,13 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def check_fits(config: ModelConfig, seq_len: int, pretrained: bool = False) -> None:
-    """``seq_len`` positions (ids / the tokenizer's streams) must fit the model's context."""
-    if seq_len > config.max_seq_len:
-        fix = "lower data.seq_len" + ("" if pretrained else f" or set model.overrides.max_seq_len >= {seq_len}")
-        raise ValueError(f"data.seq_len={seq_len} is larger than the model's context "
+def check_fits(config: ModelConfig, seq_len: int, streams: int = 1, pretrained: bool = False) -> None:
+    """``seq_len`` ids, ``streams`` a position (the tokenizer's ``num_streams``), must fit the model's context."""
+    positions = seq_len // streams
+    if positions > config.max_seq_len:
+        fix = "lower data.seq_len" + ("" if pretrained else f" or set model.overrides.max_seq_len >= {positions}")
+        held = "" if streams == 1 else f" ({positions} positions of {streams} ids)"
+        raise ValueError(f"data.seq_len={seq_len}{held} is larger than the model's context "
                          f"(max_seq_len={config.max_seq_len}); {fix}")
 
 
